@@ -1,0 +1,410 @@
+"""The Lightning glue: inner SGD steps on policy-augmented batches, and every ``inner_steps``
+steps one hyper step that moves the policy along the implicit hypergradient (paper Algorithm 1).
+
+`MADAOModule` takes any backbone ``nn.Module``, any `madao_pl.augment` policy and any
+datamodule that also provides ``hyper_dataloader()`` (un-augmented batches from the held-out
+hyper-validation split). Fixed policies (RandAugment, AutoAugment, TrivialAugment, identity,
+replay) run through the same module and never take a hyper step, so comparisons differ only in
+the policy.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from madao_pl.augment.ops import cutout
+from madao_pl.augment.policy import Policy
+from madao_pl.hypergrad import HypergradInfo, implicit_hypergradient
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _default_policy_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """RMSprop with lr 1e-2, the paper's policy optimiser (Appendix B)."""
+    return torch.optim.RMSprop(params, lr=1e-2)
+
+
+class MADAOModule(pl.LightningModule):
+    """Image classifier trained with a (learned or fixed) on-device augmentation policy.
+
+    Each training step is one inner SGD step on ``net`` with the augmented batch
+    (policy without graph). For a learnable policy, after ``warmup_epochs`` (set by
+    `madao_pl.callbacks.WarmupCallback`), every ``inner_steps``-th step is a hyper step: the
+    augmented forward with the policy in the graph, df/dtheta with ``create_graph=True``,
+    dg/dtheta on a hyper-validation batch with the network in eval mode, the implicit
+    hypergradient (`madao_pl.hypergrad`), a policy step, then the network step with that same
+    df/dtheta.
+
+    Args:
+        net: the classifier; takes normalised (B, 3, H, W) images, returns logits.
+        policy: a `madao_pl.augment.policy.Policy`; learnable ones get hyper steps.
+        optimizer: factory ``params -> Optimizer`` for the network (Hydra ``_partial_``).
+        scheduler: optional factory ``optimizer -> LR scheduler``, stepped once per epoch.
+        policy_optimizer: factory for the policy optimiser (default RMSprop, lr 1e-2).
+        num_classes: number of classes (for the metrics).
+        mean, std: per-channel normalisation applied on device after the policy.
+        cutout: Cutout square side in pixels, applied after the policy (0 = off).
+        inner_steps: s, network steps per hyper step (the s-th step is the hyper step).
+        neumann_steps: J, terms of the Neumann series.
+        neumann_alpha: alpha of the Neumann series.
+        hypergrad_method: "neumann", "cg" or "exact" (see `madao_pl.hypergrad`).
+        neumann_tol: relative tolerance of the adaptive Neumann series (0 = all J terms).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        policy: Policy,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        policy_optimizer: OptimizerFactory | None = None,
+        *,
+        num_classes: int,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        cutout: int = 0,
+        inner_steps: int = 30,
+        neumann_steps: int = 5,
+        neumann_alpha: float = 1e-3,
+        hypergrad_method: str = "neumann",
+        neumann_tol: float = 0.0,
+    ) -> None:
+        super().__init__()
+        validate_hyper_settings(
+            inner_steps=inner_steps, neumann_steps=neumann_steps, neumann_alpha=neumann_alpha, cutout=cutout
+        )
+        for module in net.modules():
+            if isinstance(module, nn.SyncBatchNorm):
+                raise ValueError(
+                    "SyncBatchNorm has no double backward, which the MADAO hyper step needs: "
+                    "set trainer.sync_batchnorm=false (plain BatchNorm)."
+                )
+        self.automatic_optimization = False
+        self.net = net
+        self.policy = policy
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.policy_optimizer_factory = policy_optimizer or _default_policy_optimizer
+        self.num_classes = num_classes
+        self.cutout_size = int(cutout)
+        self.inner_steps = int(inner_steps)
+        self.neumann_steps = int(neumann_steps)
+        self.neumann_alpha = float(neumann_alpha)
+        self.hypergrad_method = hypergrad_method
+        self.neumann_tol = float(neumann_tol)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # Set by WarmupCallback; without it there is no warm-up.
+        self.warmup_active = False
+        # Training steps taken since warm-up ended (the hyper step is every inner_steps-th).
+        self.inner_step = 0
+        self.hyper_steps = 0
+        self.skipped_hyper_steps = 0
+        self.total_hvps = 0
+        self.last_hyper_step_global = -1
+        self.last_hypergrad_norm = float("nan")
+        self._hyper_iter: Iterator | None = None
+        self._pending_generator_state: Tensor | None = None
+        self._hyper_epoch = 0
+        # Keep the policy out of DDP's reducer: its gradient is the hypergradient, reduced by hand.
+        self._ddp_params_and_buffers_to_ignore = [f"policy.{name}" for name, _ in policy.named_parameters()] + [
+            f"policy.{name}" for name, _ in policy.named_buffers()
+        ]
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def learns_policy(self) -> bool:
+        """Whether the policy has trainable parameters (then hyper steps happen)."""
+        return any(p.requires_grad for p in self.policy.parameters())
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        """theta: the trainable parameters of the network."""
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """phi: the trainable parameters of the policy."""
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ forward pieces
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits of un-augmented images in [0, 1] (normalised here)."""
+        return self.net(self.normalize(images))
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Per-channel (x - mean) / std on device."""
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def augment(self, images: Tensor) -> Tensor:
+        """Policy (unless warming up), then Cutout: (B, 3, H, W) in [0, 1] -> same."""
+        if not self.warmup_active:
+            images = self.policy(images)
+        if self.cutout_size > 0:
+            images = cutout(images, self.cutout_size)
+        return images
+
+    def _train_loss(self, images: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(self.net(self.normalize(self.augment(images))), labels)
+
+    # ------------------------------------------------------------------ training
+    def is_hyper_step(self) -> bool:
+        """True when the coming training step must be a hyper step."""
+        return (
+            self.learns_policy and not self.warmup_active and (self.inner_step + 1) % self.inner_steps == 0
+        )
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        net_opt = self._network_optimizer()
+        if self.is_hyper_step():
+            loss = self._hyper_step(images, labels, net_opt)
+        else:
+            with torch.no_grad():
+                augmented = self.augment(images)
+            loss = F.cross_entropy(self.net(self.normalize(augmented)), labels)
+            net_opt.zero_grad()
+            self.manual_backward(loss)
+            net_opt.step()
+        if not self.warmup_active:
+            self.inner_step += 1
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss.detach()
+
+    def _hyper_step(self, images: Tensor, labels: Tensor, net_opt: Any) -> Tensor:
+        """One hyper step fused with the s-th inner step (DESIGN.md §5)."""
+        params = self.network_parameters()
+        hparams = self.policy_parameters()
+        loss = self._train_loss(images, labels)
+        train_grads = torch.autograd.grad(loss, params, create_graph=True)
+        val_images, val_labels = self._next_hyper_batch()
+        val_loss, val_grads = self._validation_gradient(val_images, val_labels, params)
+        info = HypergradInfo()
+        hypergrad = implicit_hypergradient(
+            train_grads,
+            params,
+            hparams,
+            val_grads,
+            alpha=self.neumann_alpha,
+            steps=self.neumann_steps,
+            method=self.hypergrad_method,
+            tol=self.neumann_tol,
+            info=info,
+        )
+        del train_grads
+        flat = _all_reduce_mean(torch.cat([g.reshape(-1) for g in hypergrad]))
+        finite = bool(torch.isfinite(flat).all())
+        # The network step goes through manual_backward so DDP averages it like any inner step.
+        net_opt.zero_grad()
+        self.manual_backward(loss, inputs=params)
+        net_opt.step()
+        self.hyper_steps += 1
+        self.total_hvps += info.hvps
+        self.last_hyper_step_global = self.global_step
+        if finite:
+            self._policy_step(hparams, flat)
+            self.last_hypergrad_norm = float(flat.norm())
+        else:
+            self.skipped_hyper_steps += 1
+            warnings.warn(
+                f"non-finite hypergradient at hyper step {self.hyper_steps} (global step {self.global_step}): "
+                f"policy step skipped ({self.skipped_hyper_steps} skipped so far)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        log = {
+            "hyper/val_loss": val_loss.detach(),
+            "hyper/grad_norm": self.last_hypergrad_norm,
+            "hyper/hvps": float(info.hvps),
+            "hyper/skipped": float(self.skipped_hyper_steps),
+            "hyper/steps": float(self.hyper_steps),
+            "policy/entropy": self.policy.entropy().detach(),
+        }
+        self.log_dict(log, on_step=True, on_epoch=False, batch_size=len(labels))
+        return loss.detach()
+
+    def _policy_step(self, hparams: list[nn.Parameter], flat_grad: Tensor) -> None:
+        policy_opt = self._policy_optimizer()
+        policy_opt.zero_grad()
+        offset = 0
+        for p in hparams:
+            n = p.numel()
+            p.grad = flat_grad[offset : offset + n].view_as(p).to(p.dtype)
+            offset += n
+        policy_opt.step()
+
+    def _validation_gradient(
+        self, images: Tensor, labels: Tensor, params: list[nn.Parameter]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """g and dg/dtheta on un-augmented held-out images, network in eval mode.
+
+        Eval mode makes BatchNorm use (and not update) its running statistics.
+        """
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.enable_grad():
+                val_loss = F.cross_entropy(self.net(self.normalize(images)), labels)
+                val_grads = torch.autograd.grad(val_loss, params, allow_unused=True)
+        finally:
+            self.net.train(was_training)
+        val_grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, val_grads, strict=True))
+        return val_loss, val_grads
+
+    def on_train_epoch_start(self) -> None:
+        # A fresh pass over the hyper-validation split each epoch: its order then depends only on
+        # the epoch and the RNG state, so a run resumed from an epoch checkpoint draws the same batches.
+        self._hyper_iter = None
+
+    def _next_hyper_batch(self) -> tuple[Tensor, Tensor]:
+        if self._hyper_iter is None:
+            self._hyper_iter = self._make_hyper_iter()
+        try:
+            batch = next(self._hyper_iter)
+        except StopIteration:
+            self._hyper_epoch += 1
+            self._hyper_iter = self._make_hyper_iter()
+            batch = next(self._hyper_iter)
+        images, labels = batch
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def _make_hyper_iter(self) -> Iterator:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "hyper_dataloader"):
+            raise RuntimeError(
+                "MADAO needs held-out hyper-validation batches: pass a datamodule with a "
+                "`hyper_dataloader()` method (see madao_pl.data.ImageDataModule) to trainer.fit."
+            )
+        loader = datamodule.hyper_dataloader()
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self._hyper_epoch)
+        return iter(loader)
+
+    def _network_optimizer(self) -> Any:
+        optimizers = self.optimizers()
+        return optimizers[0] if isinstance(optimizers, list) else optimizers
+
+    def _policy_optimizer(self) -> Any:
+        return self.optimizers()[1]
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+
+    def on_fit_start(self) -> None:
+        """Start every rank from rank 0's policy; give each rank its own augmentation draws."""
+        if dist.is_available() and dist.is_initialized():
+            for tensor in list(self.policy.parameters()) + list(self.policy.buffers()):
+                dist.broadcast(tensor.data, src=0)
+        if getattr(self.policy, "generator", None) is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(torch.initial_seed() + 1_000_003 * self.global_rank)
+            if self._pending_generator_state is not None:
+                generator.set_state(self._pending_generator_state)
+            self.policy.generator = generator
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.val_accuracy.update(logits, labels)
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True, batch_size=len(labels))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/error", 1.0 - self.val_accuracy.compute(), prog_bar=True)
+        self.val_accuracy.reset()
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        self.test_accuracy.update(self(images), labels)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/error", 1.0 - self.test_accuracy.compute())
+        self.test_accuracy.reset()
+
+    # ------------------------------------------------------------------ optimisers and state
+    def configure_optimizers(self) -> Any:
+        net_opt = self.optimizer_factory(self.network_parameters())
+        optimizers = [net_opt]
+        if self.learns_policy:
+            optimizers.append(self.policy_optimizer_factory(self.policy_parameters()))
+        schedulers = [] if self.scheduler_factory is None else [self.scheduler_factory(net_opt)]
+        return optimizers, schedulers
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["madao"] = {
+            "inner_step": self.inner_step,
+            "hyper_steps": self.hyper_steps,
+            "skipped_hyper_steps": self.skipped_hyper_steps,
+            "total_hvps": self.total_hvps,
+            "hyper_epoch": self._hyper_epoch,
+        }
+        generator = getattr(self.policy, "generator", None)
+        if generator is not None:
+            checkpoint["madao"]["policy_generator_state"] = generator.get_state()
+        checkpoint["madao"]["rng"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("madao", {})
+        self.inner_step = int(state.get("inner_step", 0))
+        self.hyper_steps = int(state.get("hyper_steps", 0))
+        self.skipped_hyper_steps = int(state.get("skipped_hyper_steps", 0))
+        self.total_hvps = int(state.get("total_hvps", 0))
+        self._hyper_epoch = int(state.get("hyper_epoch", 0))
+        self._pending_generator_state = state.get("policy_generator_state")
+        if "rng" in state:
+            _set_rng_states(state["rng"])
+
+
+def validate_hyper_settings(*, inner_steps: int, neumann_steps: int, neumann_alpha: float, cutout: int) -> None:
+    """Refuse settings outside their valid range with a one-line message naming the key."""
+    if int(inner_steps) < 1:
+        raise ValueError(f"augment.inner_steps must be an integer >= 1, got {inner_steps}")
+    if int(neumann_steps) < 0:
+        raise ValueError(f"augment.neumann_steps must be an integer >= 0, got {neumann_steps}")
+    if not (math.isfinite(neumann_alpha) and neumann_alpha > 0):
+        raise ValueError(f"augment.neumann_alpha must be a finite number > 0, got {neumann_alpha}")
+    if int(cutout) < 0:
+        raise ValueError(f"dataset.cutout must be >= 0 pixels, got {cutout}")
+
+
+def _rng_states() -> dict[str, Any]:
+    """The global RNG states (Python, NumPy, torch CPU and CUDA) for an exact resume."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _all_reduce_mean(flat: Tensor) -> Tensor:
+    """Average a flat tensor over DDP ranks (identity without torch.distributed)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flat = flat.contiguous()
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat / dist.get_world_size()
+    return flat

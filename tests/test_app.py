@@ -1,0 +1,186 @@
+"""The Hydra app end to end: every config combination builds, tiny fits write every output, and
+bad input is refused with a message naming the problem."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from madao_pl.augment import ReplayPolicy
+from madao_pl.data import DatasetNotFoundError
+from madao_pl.module import MADAOModule
+from madao_pl.run import ConfigError, train
+from tests.conftest import TINY, compose_config
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "madao_pl" / "conf"
+DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+AUGMENTS = sorted(p.stem for p in (CONF / "augment").glob("*.yaml") if not p.stem.startswith("_"))
+FIXED_AUGMENTS = ["baseline", "randaugment", "autoaugment", "trivialaugment"]
+
+
+def _dataset_overrides(name: str, tmp_path: Path) -> list[str]:
+    return [f"dataset={name}", f"dataset.root={tmp_path}"] if name == "folder" else [f"dataset={name}"]
+
+
+def test_config_groups_are_complete() -> None:
+    assert {"digits", "cifar10", "cifar100", "svhn", "flowers", "pets", "aircraft", "cars", "imagenet", "folder"} <= set(
+        DATASETS
+    )
+    assert {"wrn28_2", "wrn40_2", "wrn28_10", "resnet18", "resnet50", "cnn"} <= set(MODELS)
+    assert {"madao", "baseline", "randaugment", "autoaugment", "trivialaugment", "replay"} <= set(AUGMENTS)
+
+
+def test_every_dataset_model_augment_combination_composes_and_instantiates(tmp_path: Path) -> None:
+    policy_path = tmp_path / "policy.json"
+    instantiate(compose_config(tmp_path, "augment=madao").augment.policy).save_json(policy_path)
+    nets: dict[tuple, torch.nn.Module] = {}
+    for dataset in DATASETS:
+        for model in MODELS:
+            for augment in AUGMENTS:
+                overrides = [*_dataset_overrides(dataset, tmp_path), f"model={model}", f"augment={augment}"]
+                if augment == "replay":
+                    overrides.append(f"augment.path={policy_path}")
+                cfg = compose_config(tmp_path, *overrides)
+                num_classes = cfg.dataset.num_classes or 3
+                key = (model, num_classes, cfg.dataset.image_size)
+                if key not in nets:
+                    nets[key] = instantiate(cfg.model.net, num_classes=num_classes)
+                datamodule = instantiate(cfg.dataset.datamodule)
+                policy = instantiate(cfg.augment.policy)
+                module = instantiate(
+                    cfg.module,
+                    net=nets[key],
+                    policy=policy,
+                    num_classes=num_classes,
+                    mean=datamodule.mean,
+                    std=datamodule.std,
+                )
+                assert isinstance(module, MADAOModule)
+                assert module.learns_policy == (augment == "madao")
+                trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+                assert trainer_cfg["max_epochs"] == cfg.dataset.epochs
+
+
+def test_paper_presets() -> None:
+    """Appendix B: the numbers users will compare against."""
+    cifar = compose_config("/tmp/unused", "dataset=cifar10", "model=wrn28_2")
+    assert (cifar.dataset.epochs, cifar.dataset.datamodule.batch_size, cifar.dataset.lr) == (200, 128, 0.1)
+    assert cifar.dataset.weight_decay == 5e-4 and cifar.optimizer.momentum == 0.9 and not cifar.optimizer.nesterov
+    svhn = compose_config("/tmp/unused", "dataset=svhn")
+    assert (svhn.dataset.epochs, svhn.dataset.lr, list(svhn.dataset.scheduler.milestones)) == (160, 5e-3, [80, 120])
+    imagenet = compose_config("/tmp/unused", "dataset=imagenet")
+    assert imagenet.dataset.datamodule.batch_size == 1024 and imagenet.dataset.datamodule.val_fraction == 0.01
+    madao = compose_config("/tmp/unused").augment
+    assert (madao.inner_steps, madao.warmup_epochs, madao.temperature) == (30, 20, 0.05)
+    assert (madao.neumann_steps, madao.neumann_alpha, madao.policy_optimizer.lr) == (5, 1e-3, 1e-2)
+
+
+def test_resnet_stem_follows_image_size(tmp_path: Path) -> None:
+    small = instantiate(compose_config(tmp_path, "dataset=cifar10", "model=resnet18").model.net)
+    large = instantiate(compose_config(tmp_path, "dataset=flowers", "model=resnet18").model.net)
+    assert small.conv1.kernel_size == (3, 3) and large.conv1.kernel_size == (7, 7)
+    assert large.fc.out_features == 102
+
+
+def _outputs(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()}
+
+
+@pytest.mark.parametrize("augment", FIXED_AUGMENTS)
+def test_tiny_fit_with_each_fixed_policy(tiny_cfg, tmp_path: Path, augment: str) -> None:
+    results = train(tiny_cfg(f"augment={augment}", "trainer.max_epochs=1"))
+    assert results["hyper_steps"] == 0
+    assert 0.0 <= results["test_error"] <= 1.0
+    assert {"results.json", "checkpoints", "csv"} <= _outputs(tmp_path)
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_tiny_madao_fit_writes_every_output_and_replay_reproduces_it(tiny_cfg, tmp_path: Path) -> None:
+    results = train(tiny_cfg("augment=madao"))
+    assert results["hyper_steps"] > 0 and results["hvps"] == 5 * results["hyper_steps"]
+    expected = {"results.json", "policy.json", "policy_history.csv", "policy_evolution.png", "policy_parameters.png"}
+    assert expected <= _outputs(tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["test_error"] == pytest.approx(results["test_error"])
+
+    replay_results = train(
+        compose_config(tmp_path / "replay", *TINY, "augment=replay", f"augment.path={tmp_path / 'policy.json'}")
+    )
+    assert replay_results["hyper_steps"] == 0
+    assert replay_results["policy"] == results["policy"]
+
+
+def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logged: set[str] = set()
+    original = WandbLogger.log_metrics
+
+    def record(self, metrics, step=None):
+        logged.update(metrics)
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", record)
+    train(tiny_cfg("logger=wandb", "trainer.max_epochs=1"))
+    for key in ("policy/stage0/Invert/probability", "policy/stage1/ShearX/magnitude", "policy/stage0/Equalize/selection"):
+        assert key in logged
+    assert "hyper/grad_norm" in logged and "policy/entropy" in logged
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("augment.inner_steps=0", "augment.inner_steps"),
+        ("augment.warmup_epochs=-1", "augment.warmup_epochs"),
+        ("augment.neumann_steps=-1", "augment.neumann_steps"),
+        ("augment.temperature=0", "augment.temperature"),
+    ],
+)
+def test_out_of_range_settings_are_refused_before_training(tiny_cfg, tmp_path: Path, override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        train(tiny_cfg(override))
+    message = str(raised.value)
+    assert key in message and "must be" in message and "\n" not in message
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "madao_pl.run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"},
+    )
+
+
+def test_cli_unknown_choice_lists_the_options(tmp_path: Path) -> None:
+    run = _run_cli("augment=nope", cwd=tmp_path)
+    assert run.returncode != 0
+    assert "Could not find 'augment/nope'" in run.stderr
+    for choice in ("madao", "randaugment", "trivialaugment"):
+        assert choice in run.stderr
+
+
+def test_cli_bad_value_is_one_line(tmp_path: Path) -> None:
+    run = _run_cli("augment.inner_steps=0", cwd=tmp_path)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines == ["error: augment.inner_steps=0 is invalid: it must be an integer >= 1"]
+
+
+def test_missing_dataset_directory_names_path_and_download_flag(tiny_cfg, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetNotFoundError) as raised:
+        train(tiny_cfg("dataset=cifar10", "model=cnn", f"paths.data_dir={missing}"))
+    assert str(missing) in str(raised.value) and "dataset.download=true" in str(raised.value)

@@ -1,0 +1,239 @@
+"""MADAOModule as a library: a user's own backbone and datamodule, the hyper-step schedule,
+warm-up, BatchNorm statistics, and a policy that learns to avoid a label-destroying op."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from madao_pl.augment import OP_NAMES, IdentityPolicy, MADAOPolicy
+from madao_pl.callbacks import PolicyHistoryCallback, WarmupCallback
+from madao_pl.module import MADAOModule
+
+
+class BrightnessData(pl.LightningDataModule):
+    """Class 0: dark images, class 1: bright images (noise on top). Invert swaps the classes,
+    so it destroys the label; most other ops keep it."""
+
+    def __init__(self, n: int = 256, size: int = 12, batch_size: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, 2, (n,), generator=g)
+        level = torch.where(labels == 1, 0.75, 0.25).view(n, 1, 1, 1)
+        pattern = torch.rand(n, 1, size, size, generator=g) * 0.3 - 0.15
+        images = (level + pattern).clamp(0, 1).expand(n, 3, size, size).contiguous()
+        self.train_set = TensorDataset(images[: n // 2], labels[: n // 2])
+        self.hyper_set = TensorDataset(images[n // 2 :], labels[n // 2 :])
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def hyper_dataloader(self) -> DataLoader:
+        return DataLoader(self.hyper_set, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.hyper_set, batch_size=64)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.hyper_set, batch_size=64)
+
+
+def small_net(num_classes: int = 2) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
+
+
+def make_module(policy: nn.Module, inner_steps: int = 3, lr: float = 0.05) -> MADAOModule:
+    return MADAOModule(
+        small_net(),
+        policy,
+        optimizer=partial(torch.optim.SGD, lr=lr, momentum=0.9),
+        num_classes=2,
+        inner_steps=inner_steps,
+    )
+
+
+def make_trainer(tmp_path, epochs: int, callbacks=()) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+        num_sanity_val_steps=0,
+    )
+
+
+class StepRecorder(pl.Callback):
+    """Per training step: epoch, whether it was a hyper step, and the policy's raw values."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, bool, torch.Tensor]] = []
+        self._hyper_before = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._hyper_before = pl_module.hyper_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        flat = torch.cat([p.detach().flatten() for p in pl_module.policy.parameters()]).clone()
+        self.steps.append((trainer.current_epoch, pl_module.hyper_steps > self._hyper_before, flat))
+
+
+def test_hyper_step_every_s_steps_after_warmup_only(tmp_path) -> None:
+    torch.manual_seed(0)
+    data = BrightnessData(n=192, batch_size=16)  # 6 steps an epoch
+    module = make_module(MADAOPolicy(), inner_steps=4)
+    initial = torch.cat([p.detach().flatten() for p in module.policy.parameters()]).clone()
+    recorder = StepRecorder()
+    make_trainer(tmp_path, epochs=3, callbacks=[WarmupCallback(1), recorder]).fit(module, datamodule=data)
+
+    warm = [i for i, (epoch, _, _) in enumerate(recorder.steps) if epoch == 0]
+    hyper = [i for i, (_, is_hyper, _) in enumerate(recorder.steps) if is_hyper]
+    assert len(recorder.steps) == 18 and warm == list(range(6))
+    # Steps after warm-up are numbered 1..12; every 4th is a hyper step.
+    assert hyper == [6 + 3, 6 + 7, 6 + 11]
+    assert module.hyper_steps == 3 and module.total_hvps == 15
+    for epoch, _, flat in recorder.steps:
+        if epoch == 0:
+            assert torch.equal(flat, initial), "the policy moved during warm-up"
+    assert not torch.equal(recorder.steps[-1][2], initial), "the policy never moved after warm-up"
+    # The policy only moves on hyper steps.
+    for (_, is_hyper, flat), (_, _, previous) in zip(recorder.steps[1:], recorder.steps[:-1]):
+        assert torch.equal(flat, previous) or is_hyper
+
+
+def test_warmup_means_no_augmentation(tmp_path) -> None:
+    calls = []
+
+    class Spy(IdentityPolicy):
+        def forward(self, images):
+            calls.append(len(images))
+            return images
+
+    data = BrightnessData(n=64, batch_size=16)
+    module = make_module(Spy())
+    make_trainer(tmp_path, epochs=2, callbacks=[WarmupCallback(1)]).fit(module, datamodule=data)
+    assert len(calls) == 2  # two training steps in the second epoch only
+
+
+def test_hyper_step_touches_batchnorm_statistics_only_through_its_inner_step(tmp_path) -> None:
+    """The hyper step's one train-mode forward updates the running statistics exactly as a plain
+    inner step on the same augmented batch would; validation forward and HVPs change nothing."""
+    data = BrightnessData(n=64, batch_size=16)
+    module = make_module(MADAOPolicy(), inner_steps=1)
+    bn = module.net[1]
+    seen = {}
+    original = module._hyper_step
+
+    def wrapped(images, labels, net_opt):
+        seen["before"] = copy.deepcopy(module.net)
+        inputs = []
+        handle = module.net.register_forward_pre_hook(
+            lambda mod, args: inputs.append((mod.training, args[0].detach().clone()))
+        )
+        try:
+            result = original(images, labels, net_opt)
+        finally:
+            handle.remove()
+        seen["inputs"] = inputs
+        seen["after_mean"], seen["after_var"] = bn.running_mean.clone(), bn.running_var.clone()
+        return result
+
+    module._hyper_step = wrapped
+    make_trainer(tmp_path, epochs=1).fit(module, datamodule=data)
+    train_mode = [x for training, x in seen["inputs"] if training]
+    assert len(train_mode) == 1 and len(seen["inputs"]) == 2  # augmented (train) + validation (eval)
+    reference = seen["before"].train()
+    with torch.no_grad():
+        reference(train_mode[0])
+    torch.testing.assert_close(seen["after_mean"], reference[1].running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(seen["after_var"], reference[1].running_var, rtol=0, atol=0)
+    assert module.net.training
+
+
+class PolarityData(BrightnessData):
+    """Class 1: top half brighter than the bottom; class 0: the reverse, under heavy noise (so the
+    validation loss stays informative for a while). Invert swaps the classes: it destroys the label.
+    Monotone ops (AutoContrast, Equalize, Brightness, Contrast, ...) and small warps keep it."""
+
+    def __init__(self, n: int = 640, size: int = 12, batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__(n, size, batch_size, seed)
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, 2, (n,), generator=g)
+        top = torch.zeros(n, 1, size, size)
+        top[:, :, : size // 2] = 1
+        contrast, noise = 0.2, 0.6
+        images = torch.where(labels.view(n, 1, 1, 1) == 1, top, 1 - top) * contrast + (1 - contrast) / 2
+        images = images + torch.rand(n, 1, size, size, generator=g) * noise - noise / 2
+        images = images.clamp(0, 1).expand(n, 3, size, size).contiguous()
+        self.train_set = TensorDataset(images[: n // 2], labels[: n // 2])
+        self.hyper_set = TensorDataset(images[n // 2 :], labels[n // 2 :])
+
+
+def invert_chance(policy: MADAOPolicy) -> torch.Tensor:
+    """Per stage: P(Invert selected) x P(applied | selected)."""
+    invert = OP_NAMES.index("Invert")
+    return (policy.selection_probabilities()[:, invert] * policy.apply_probabilities()[:, invert]).detach().clone()
+
+
+def test_madao_learns_to_avoid_the_label_destroying_op(tmp_path) -> None:
+    """After 60 hyper steps MADAO has lowered Invert's chance of being applied in every stage, for
+    each of three seeds (with the hypergradient's sign flipped it rises instead)."""
+    for seed in (0, 1, 2):
+        pl.seed_everything(seed)
+        policy = MADAOPolicy()
+        before = invert_chance(policy)
+        module = make_module(policy, inner_steps=1)
+        make_trainer(tmp_path, epochs=12).fit(module, datamodule=PolarityData(seed=seed))
+        assert module.hyper_steps == 60
+        ratio = invert_chance(policy) / before
+        assert (ratio < 1).all() and ratio.mean() < 0.9, f"seed {seed}: Invert's chance ratio {ratio.tolist()}"
+
+
+def test_history_callback_records_each_hyper_step(tmp_path) -> None:
+    data = BrightnessData(n=64, batch_size=16)  # 2 steps an epoch
+    module = make_module(MADAOPolicy(), inner_steps=1)
+    history = PolicyHistoryCallback(output_dir=str(tmp_path))
+    make_trainer(tmp_path, epochs=2, callbacks=[history]).fit(module, datamodule=data)
+    steps = sorted({row["hyper_step"] for row in history.rows})
+    assert steps == [0, 1, 2, 3, 4]
+    assert len(history.rows) == 5 * 2 * len(OP_NAMES)
+    assert (tmp_path / "policy_evolution.png").stat().st_size > 0
+    assert (tmp_path / "policy_parameters.png").stat().st_size > 0
+
+
+def test_module_without_hyper_loader_says_what_is_missing(tmp_path) -> None:
+    module = make_module(MADAOPolicy(), inner_steps=1)
+    with pytest.raises(RuntimeError, match="hyper_dataloader"):
+        make_trainer(tmp_path, epochs=1).fit(module, datamodule=_WithoutHyper(BrightnessData(n=64, batch_size=16)))
+
+
+class _WithoutHyper(pl.LightningDataModule):
+    def __init__(self, inner: BrightnessData) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def train_dataloader(self) -> DataLoader:
+        return self.inner.train_dataloader()
+
+
+def test_sync_batchnorm_is_refused() -> None:
+    net = nn.SyncBatchNorm.convert_sync_batchnorm(small_net())
+    with pytest.raises(ValueError, match="sync_batchnorm=false"):
+        MADAOModule(net, MADAOPolicy(), optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=2)
