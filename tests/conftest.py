@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -32,8 +33,11 @@ TINY = [
 
 def compose_config(output_dir: Path | str, *overrides: str) -> DictConfig:
     """Compose madao_pl's real config tree with the given overrides and an output directory."""
+    overrides = [*overrides, f"paths.output_dir={output_dir}"]
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=overrides)
     with initialize_config_module(version_base="1.3", config_module="madao_pl.conf"):
-        return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        return compose("config", overrides=overrides)
 
 
 @pytest.fixture
