@@ -13,7 +13,6 @@ import torch
 from hydra import initialize_config_module
 from hydra.utils import instantiate
 
-from madao_pl.augment import ReplayPolicy
 from madao_pl.data import DatasetNotFoundError
 from madao_pl.module import MADAOModule
 from madao_pl.run import ConfigError, train
@@ -31,9 +30,18 @@ def _dataset_overrides(name: str, tmp_path: Path) -> list[str]:
 
 
 def test_config_groups_are_complete() -> None:
-    assert {"digits", "cifar10", "cifar100", "svhn", "flowers", "pets", "aircraft", "cars", "imagenet", "folder"} <= set(
-        DATASETS
-    )
+    assert {
+        "digits",
+        "cifar10",
+        "cifar100",
+        "svhn",
+        "flowers",
+        "pets",
+        "aircraft",
+        "cars",
+        "imagenet",
+        "folder",
+    } <= set(DATASETS)
     assert {"wrn28_2", "wrn40_2", "wrn28_10", "resnet18", "resnet50", "cnn"} <= set(MODELS)
     assert {"madao", "baseline", "randaugment", "autoaugment", "trivialaugment", "replay"} <= set(AUGMENTS)
 
@@ -81,9 +89,17 @@ def test_paper_presets() -> None:
     """Appendix B: the numbers users will compare against."""
     cifar = compose_config("/tmp/unused", "dataset=cifar10", "model=wrn28_2")
     assert (cifar.dataset.epochs, cifar.dataset.datamodule.batch_size, cifar.dataset.lr) == (200, 128, 0.1)
-    assert cifar.dataset.weight_decay == 5e-4 and cifar.optimizer.momentum == 0.9 and not cifar.optimizer.nesterov
+    assert (
+        cifar.dataset.weight_decay == 5e-4
+        and cifar.optimizer.momentum == 0.9
+        and not cifar.optimizer.nesterov
+    )
     svhn = compose_config("/tmp/unused", "dataset=svhn")
-    assert (svhn.dataset.epochs, svhn.dataset.lr, list(svhn.dataset.scheduler.milestones)) == (160, 5e-3, [80, 120])
+    assert (svhn.dataset.epochs, svhn.dataset.lr, list(svhn.dataset.scheduler.milestones)) == (
+        160,
+        5e-3,
+        [80, 120],
+    )
     imagenet = compose_config("/tmp/unused", "dataset=imagenet")
     assert imagenet.dataset.datamodule.batch_size == 1024 and imagenet.dataset.datamodule.val_fraction == 0.01
     madao = compose_config("/tmp/unused").augment
@@ -114,13 +130,21 @@ def test_tiny_fit_with_each_fixed_policy(tiny_cfg, tmp_path: Path, augment: str)
 def test_tiny_madao_fit_writes_every_output_and_replay_reproduces_it(tiny_cfg, tmp_path: Path) -> None:
     results = train(tiny_cfg("augment=madao"))
     assert results["hyper_steps"] > 0 and results["hvps"] == 5 * results["hyper_steps"]
-    expected = {"results.json", "policy.json", "policy_history.csv", "policy_evolution.png", "policy_parameters.png"}
+    expected = {
+        "results.json",
+        "policy.json",
+        "policy_history.csv",
+        "policy_evolution.png",
+        "policy_parameters.png",
+    }
     assert expected <= _outputs(tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test_error"] == pytest.approx(results["test_error"])
 
     replay_results = train(
-        compose_config(tmp_path / "replay", *TINY, "augment=replay", f"augment.path={tmp_path / 'policy.json'}")
+        compose_config(
+            tmp_path / "replay", *TINY, "augment=replay", f"augment.path={tmp_path / 'policy.json'}"
+        )
     )
     assert replay_results["hyper_steps"] == 0
     assert replay_results["policy"]["stages"] == results["policy"]["stages"]
@@ -139,7 +163,11 @@ def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(WandbLogger, "log_metrics", record)
     train(tiny_cfg("logger=wandb", "trainer.max_epochs=1"))
-    for key in ("policy/stage0/Invert/probability", "policy/stage1/ShearX/magnitude", "policy/stage0/Equalize/selection"):
+    for key in (
+        "policy/stage0/Invert/probability",
+        "policy/stage1/ShearX/magnitude",
+        "policy/stage0/Equalize/selection",
+    ):
         assert key in logged
     assert "hyper/grad_norm" in logged and "policy/entropy" in logged
 
@@ -153,7 +181,9 @@ def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.Monke
         ("augment.temperature=0", "augment.temperature"),
     ],
 )
-def test_out_of_range_settings_are_refused_before_training(tiny_cfg, tmp_path: Path, override: str, key: str) -> None:
+def test_out_of_range_settings_are_refused_before_training(
+    tiny_cfg, tmp_path: Path, override: str, key: str
+) -> None:
     with pytest.raises(ConfigError) as raised:
         train(tiny_cfg(override))
     message = str(raised.value)

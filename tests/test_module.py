@@ -114,7 +114,7 @@ def test_hyper_step_every_s_steps_after_warmup_only(tmp_path) -> None:
             assert torch.equal(flat, initial), "the policy moved during warm-up"
     assert not torch.equal(recorder.steps[-1][2], initial), "the policy never moved after warm-up"
     # The policy only moves on hyper steps.
-    for (_, is_hyper, flat), (_, _, previous) in zip(recorder.steps[1:], recorder.steps[:-1]):
+    for (_, is_hyper, flat), (_, _, previous) in zip(recorder.steps[1:], recorder.steps[:-1], strict=True):
         assert torch.equal(flat, previous) or is_hyper
 
 
@@ -189,7 +189,11 @@ class PolarityData(BrightnessData):
 def invert_chance(policy: MADAOPolicy) -> torch.Tensor:
     """Per stage: P(Invert selected) x P(applied | selected)."""
     invert = OP_NAMES.index("Invert")
-    return (policy.selection_probabilities()[:, invert] * policy.apply_probabilities()[:, invert]).detach().clone()
+    return (
+        (policy.selection_probabilities()[:, invert] * policy.apply_probabilities()[:, invert])
+        .detach()
+        .clone()
+    )
 
 
 def test_madao_learns_to_avoid_the_label_destroying_op(tmp_path) -> None:
@@ -203,7 +207,9 @@ def test_madao_learns_to_avoid_the_label_destroying_op(tmp_path) -> None:
         make_trainer(tmp_path, epochs=12).fit(module, datamodule=PolarityData(seed=seed))
         assert module.hyper_steps == 60
         ratio = invert_chance(policy) / before
-        assert (ratio < 1).all() and ratio.mean() < 0.9, f"seed {seed}: Invert's chance ratio {ratio.tolist()}"
+        assert (ratio < 1).all() and ratio.mean() < 0.9, (
+            f"seed {seed}: Invert's chance ratio {ratio.tolist()}"
+        )
 
 
 def test_history_callback_records_each_hyper_step(tmp_path) -> None:
@@ -221,7 +227,9 @@ def test_history_callback_records_each_hyper_step(tmp_path) -> None:
 def test_module_without_hyper_loader_says_what_is_missing(tmp_path) -> None:
     module = make_module(MADAOPolicy(), inner_steps=1)
     with pytest.raises(RuntimeError, match="hyper_dataloader"):
-        make_trainer(tmp_path, epochs=1).fit(module, datamodule=_WithoutHyper(BrightnessData(n=64, batch_size=16)))
+        make_trainer(tmp_path, epochs=1).fit(
+            module, datamodule=_WithoutHyper(BrightnessData(n=64, batch_size=16))
+        )
 
 
 class _WithoutHyper(pl.LightningDataModule):

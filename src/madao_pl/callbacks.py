@@ -23,7 +23,16 @@ from pytorch_lightning.loggers import WandbLogger  # noqa: E402
 
 from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES  # noqa: E402
 
-HISTORY_FIELDS = ("hyper_step", "epoch", "global_step", "stage", "op", "selection", "probability", "magnitude")
+HISTORY_FIELDS = (
+    "hyper_step",
+    "epoch",
+    "global_step",
+    "stage",
+    "op",
+    "selection",
+    "probability",
+    "magnitude",
+)
 
 
 class WarmupCallback(pl.Callback):
@@ -51,7 +60,11 @@ def policy_snapshot(policy: Any) -> list[dict[str, dict[str, float | None]]]:
         ops = {}
         for i, name in enumerate(OP_NAMES):
             mag = float(magnitude[k, MAGNITUDE_OPS.index(name)]) if name in MAGNITUDE_OPS else None
-            ops[name] = {"selection": float(selection[k, i]), "probability": float(probability[k, i]), "magnitude": mag}
+            ops[name] = {
+                "selection": float(selection[k, i]),
+                "probability": float(probability[k, i]),
+                "magnitude": mag,
+            }
         stages.append(ops)
     return stages
 
@@ -100,7 +113,9 @@ class PolicyHistoryCallback(pl.Callback):
         if pl_module.learns_policy and self._seen_hyper_steps < 0:
             self._record(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not pl_module.learns_policy or pl_module.hyper_steps == self._seen_hyper_steps:
             return
         snapshot = self._record(trainer, pl_module)
@@ -184,7 +199,12 @@ def plot_policy_parameters(
         ax = axes[0, k]
         for j, name in enumerate(ranked):
             color = plt.get_cmap("tab10")(j)
-            ax.plot(epochs, [snap[k][name]["probability"] for _, snap in snapshots], color=color, label=f"{name} p")
+            ax.plot(
+                epochs,
+                [snap[k][name]["probability"] for _, snap in snapshots],
+                color=color,
+                label=f"{name} p",
+            )
             if final[k][name]["magnitude"] is not None:
                 mags = [snap[k][name]["magnitude"] for _, snap in snapshots]
                 ax.plot(epochs, mags, color=color, linestyle="--", label=f"{name} mu")

@@ -105,25 +105,35 @@ class MADAOModule(pl.LightningModule):
         self.neumann_alpha = float(neumann_alpha)
         self.hypergrad_method = hypergrad_method
         self.neumann_tol = float(neumann_tol)
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         # Set by WarmupCallback; without it there is no warm-up.
         self.warmup_active = False
-        # Training steps taken since warm-up ended (the hyper step is every inner_steps-th).
+        # Training steps taken since warm-up ended (the hyper step is every inner_steps-th), hyper
+        # steps taken, skipped (non-finite) and HVPs performed. Python ints while training; mirrored
+        # into the `madao_counters` buffer whenever a state_dict is taken, so checkpoints and
+        # ddp_spawn's hand-back carry them.
         self.inner_step = 0
         self.hyper_steps = 0
         self.skipped_hyper_steps = 0
         self.total_hvps = 0
+        self.register_buffer("madao_counters", torch.zeros(len(_COUNTERS), dtype=torch.long))
         self.last_hyper_step_global = -1
         self.last_hypergrad_norm = float("nan")
         self._hyper_iter: Iterator | None = None
         self._pending_generator_state: Tensor | None = None
         self._hyper_epoch = 0
         # Keep the policy out of DDP's reducer: its gradient is the hypergradient, reduced by hand.
-        self._ddp_params_and_buffers_to_ignore = [f"policy.{name}" for name, _ in policy.named_parameters()] + [
-            f"policy.{name}" for name, _ in policy.named_buffers()
+        self._ddp_params_and_buffers_to_ignore = [
+            *(f"policy.{name}" for name, _ in policy.named_parameters()),
+            *(f"policy.{name}" for name, _ in policy.named_buffers()),
+            "madao_counters",
         ]
 
     # ------------------------------------------------------------------ properties
@@ -163,9 +173,7 @@ class MADAOModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def is_hyper_step(self) -> bool:
         """True when the coming training step must be a hyper step."""
-        return (
-            self.learns_policy and not self.warmup_active and (self.inner_step + 1) % self.inner_steps == 0
-        )
+        return self.learns_policy and not self.warmup_active and (self.inner_step + 1) % self.inner_steps == 0
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
@@ -181,7 +189,9 @@ class MADAOModule(pl.LightningModule):
             net_opt.step()
         if not self.warmup_active:
             self.inner_step += 1
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(
+            "train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels)
+        )
         return loss.detach()
 
     def _hyper_step(self, images: Tensor, labels: Tensor, net_opt: Any) -> Tensor:
@@ -220,7 +230,8 @@ class MADAOModule(pl.LightningModule):
         else:
             self.skipped_hyper_steps += 1
             warnings.warn(
-                f"non-finite hypergradient at hyper step {self.hyper_steps} (global step {self.global_step}): "
+                f"non-finite hypergradient at hyper step {self.hyper_steps} "
+                f"(global step {self.global_step}): "
                 f"policy step skipped ({self.skipped_hyper_steps} skipped so far)",
                 RuntimeWarning,
                 stacklevel=2,
@@ -261,7 +272,9 @@ class MADAOModule(pl.LightningModule):
                 val_grads = torch.autograd.grad(val_loss, params, allow_unused=True)
         finally:
             self.net.train(was_training)
-        val_grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, val_grads, strict=True))
+        val_grads = tuple(
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, val_grads, strict=True)
+        )
         return val_loss, val_grads
 
     def on_train_epoch_start(self) -> None:
@@ -325,10 +338,12 @@ class MADAOModule(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         self.val_accuracy.update(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True, batch_size=len(labels))
+        self.log(
+            "val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True, batch_size=len(labels)
+        )
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/error", 1.0 - self.val_accuracy.compute(), prog_bar=True)
+        self.log("val/error", 1.0 - self.val_accuracy.compute(), prog_bar=True, sync_dist=False)
         self.val_accuracy.reset()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -348,14 +363,19 @@ class MADAOModule(pl.LightningModule):
         schedulers = [] if self.scheduler_factory is None else [self.scheduler_factory(net_opt)]
         return optimizers, schedulers
 
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        self.madao_counters.copy_(torch.tensor([getattr(self, name) for name in _COUNTERS]))
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "madao_counters" in state_dict:
+            for name, value in zip(_COUNTERS, self.madao_counters.tolist(), strict=True):
+                setattr(self, name, int(value))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["madao"] = {
-            "inner_step": self.inner_step,
-            "hyper_steps": self.hyper_steps,
-            "skipped_hyper_steps": self.skipped_hyper_steps,
-            "total_hvps": self.total_hvps,
-            "hyper_epoch": self._hyper_epoch,
-        }
+        """Besides the state_dict (network, policy, counters): warm-up phase, RNG states."""
+        checkpoint["madao"] = {"hyper_epoch": self._hyper_epoch, "warmup_active": self.warmup_active}
         generator = getattr(self.policy, "generator", None)
         if generator is not None:
             checkpoint["madao"]["policy_generator_state"] = generator.get_state()
@@ -363,17 +383,19 @@ class MADAOModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("madao", {})
-        self.inner_step = int(state.get("inner_step", 0))
-        self.hyper_steps = int(state.get("hyper_steps", 0))
-        self.skipped_hyper_steps = int(state.get("skipped_hyper_steps", 0))
-        self.total_hvps = int(state.get("total_hvps", 0))
+        self.warmup_active = bool(state.get("warmup_active", False))
         self._hyper_epoch = int(state.get("hyper_epoch", 0))
         self._pending_generator_state = state.get("policy_generator_state")
         if "rng" in state:
             _set_rng_states(state["rng"])
 
 
-def validate_hyper_settings(*, inner_steps: int, neumann_steps: int, neumann_alpha: float, cutout: int) -> None:
+_COUNTERS = ("inner_step", "hyper_steps", "skipped_hyper_steps", "total_hvps")
+
+
+def validate_hyper_settings(
+    *, inner_steps: int, neumann_steps: int, neumann_alpha: float, cutout: int
+) -> None:
     """Refuse settings outside their valid range with a one-line message naming the key."""
     if int(inner_steps) < 1:
         raise ValueError(f"augment.inner_steps must be an integer >= 1, got {inner_steps}")
@@ -386,16 +408,29 @@ def validate_hyper_settings(*, inner_steps: int, neumann_steps: int, neumann_alp
 
 
 def _rng_states() -> dict[str, Any]:
-    """The global RNG states (Python, NumPy, torch CPU and CUDA) for an exact resume."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global RNG states (Python, NumPy, torch CPU and CUDA) for an exact resume, in types
+    that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (the global state is what we restore)
+    states = {
+        "python": random.getstate(),
+        "numpy": (
+            kind,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(position),
+            int(has_gauss),
+            float(cached),
+        ),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def _set_rng_states(states: dict[str, Any]) -> None:
+    kind, keys, position, has_gauss, cached = states["numpy"]
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))  # noqa: NPY002
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

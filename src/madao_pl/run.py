@@ -20,6 +20,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,12 +36,27 @@ def check_config(cfg: DictConfig) -> None:
     aug = cfg.augment
     checks = [
         ("augment.inner_steps", aug.inner_steps, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-        ("augment.warmup_epochs", aug.warmup_epochs, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-        ("augment.neumann_steps", aug.neumann_steps, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+        (
+            "augment.warmup_epochs",
+            aug.warmup_epochs,
+            lambda v: isinstance(v, int) and v >= 0,
+            "an integer >= 0",
+        ),
+        (
+            "augment.neumann_steps",
+            aug.neumann_steps,
+            lambda v: isinstance(v, int) and v >= 0,
+            "an integer >= 0",
+        ),
         ("augment.neumann_alpha", aug.neumann_alpha, lambda v: _number(v) and v > 0, "a number > 0"),
         ("augment.neumann_tol", aug.neumann_tol, lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
         ("augment.temperature", aug.temperature, lambda v: _number(v) and v > 0, "a number > 0"),
-        ("augment.method", aug.method, lambda v: v in ("neumann", "cg", "exact"), "one of neumann, cg, exact"),
+        (
+            "augment.method",
+            aug.method,
+            lambda v: v in ("neumann", "cg", "exact"),
+            "one of neumann, cg, exact",
+        ),
         ("dataset.epochs", cfg.dataset.epochs, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
         ("dataset.cutout", cfg.dataset.cutout, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
         ("dataset.lr", cfg.dataset.lr, lambda v: _number(v) and v > 0, "a number > 0"),
@@ -48,11 +64,29 @@ def check_config(cfg: DictConfig) -> None:
     for key, value, valid, expected in checks:
         if not valid(value):
             raise ConfigError(f"{key}={value!r} is invalid: it must be {expected}")
+    _check_launch(cfg)
     if cfg.trainer.get("sync_batchnorm", False):
         raise ConfigError(
             "trainer.sync_batchnorm=true is not supported: SyncBatchNorm has no double backward, which the "
             "MADAO hyper step needs; use trainer.sync_batchnorm=false"
         )
+
+
+def _check_launch(cfg: DictConfig) -> None:
+    """Refuse a local multirun with strategy=ddp: Lightning's ddp launcher re-runs the command
+    line in child processes, which would re-launch the whole sweep from every rank."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if hydra_cfg.mode == RunMode.MULTIRUN and strategy.startswith("ddp") and strategy != "ddp_spawn":
+        if "submitit" not in launcher:
+            raise ConfigError(
+                f"trainer.strategy={strategy} cannot run inside a local Hydra multirun (its child processes "
+                "would re-launch the sweep): use hydra/launcher=slurm for clusters, or "
+                "trainer.strategy=ddp_spawn locally"
+            )
 
 
 def _number(value: Any) -> bool:

@@ -1,0 +1,334 @@
+"""Regenerate ``benchmarks/README.md`` from the JSON files in ``benchmarks/results/``.
+
+Reads ``policy.json`` (bench_policy.py), ``cost.json`` (bench_cost.py) and ``accuracy.json``
+(bench_accuracy.py), whichever exist; a missing one is listed as "not run yet". Every section names
+the machine, the date and the command that produced its numbers. Nothing here measures anything:
+all numbers come from the JSON files.
+
+``accuracy_table(report)`` returns the Table-2-style markdown of an accuracy report and
+``accuracy_markdown()`` the same with its caption, read from ``benchmarks/results/accuracy.json``, for
+pasting into the top-level README:
+``python -c "from benchmarks.report import accuracy_markdown; print(accuracy_markdown())"``.
+
+Run: ``python -m benchmarks.report [--results benchmarks/results] [--out benchmarks/README.md]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMANDS = {
+    "policy": "python benchmarks/bench_policy.py --out benchmarks/results/policy.json",
+    "cost": "python -m benchmarks.bench_cost --out benchmarks/results/cost.json",
+    "accuracy": "python -m benchmarks.bench_accuracy --out benchmarks/results/accuracy.json",
+}
+PAPER_SHARED = (30, 20, 0.05)
+METHOD_LABELS = {
+    "baseline": "Baseline (no policy)",
+    "autoaugment": "AutoAugment",
+    "randaugment": "RandAugment",
+    "trivialaugment": "TrivialAugment",
+    "madao": "MADAO",
+}
+
+
+def load(results_dir: Path, name: str) -> dict[str, Any] | None:
+    """``<results_dir>/<name>.json`` as a dict, or None when it does not exist."""
+    path = results_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A number with ``digits`` decimals; '—' for None."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def mean_std_cell(mean: float | None, std: float | None) -> str:
+    """'mean ± std' (2 decimals), 'mean' alone without a std, '—' without a mean."""
+    if mean is None:
+        return "—"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def provenance(report: dict[str, Any], name: str) -> str:
+    """One paragraph: when, on what, by which command the numbers were produced."""
+    machine = report.get("machine", {})
+    parts = []
+    if machine.get("cpu_count") is not None:
+        parts.append(f"{machine['cpu_count']} CPU cores ({machine.get('processor', '?')})")
+    if machine.get("cuda"):
+        parts.append(f"GPU {machine['cuda']}")
+    if machine.get("platform"):
+        parts.append(machine["platform"])
+    versions = [
+        f"{lib} {machine[lib]}" for lib in ("python", "torch", "torchvision", "kornia") if machine.get(lib)
+    ]
+    if versions:
+        parts.append(", ".join(versions))
+    command = report.get("command", COMMANDS[name])
+    machine_text = "; ".join(parts) or "an unrecorded machine"
+    return f"Measured {report.get('date', 'at an unrecorded date')} on {machine_text}, by `{command}`."
+
+
+def flat_scalars(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every number, string or bool in nested dicts (lists of scalars joined)."""
+    if isinstance(data, dict):
+        return [item for key, value in data.items() for item in flat_scalars(value, f"{prefix}{key}.")]
+    if isinstance(data, list):
+        if all(not isinstance(v, dict | list) for v in data):
+            return [(prefix.rstrip("."), ", ".join(fmt(v, 3) for v in data))]
+        return [item for i, value in enumerate(data) for item in flat_scalars(value, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), data)]
+
+
+# --- policy.json ---------------------------------------------------------------------------------
+
+
+def policy_section(report: dict[str, Any] | None) -> str:
+    """Per torch thread count: median / min / max ms per case, and the MADAO / kornia ratio."""
+    out = ["## Policy speed: one augmentation batch on CPU (`results/policy.json`)", ""]
+    if report is None:
+        return "\n".join([*out, f"Not run yet: `{COMMANDS['policy']}`.", ""])
+    shape = "x".join(map(str, report.get("batch_shape", [])))
+    settings = report.get("settings", {})
+    out += [
+        provenance(report, "policy"),
+        f"Batch {shape}, {settings.get('timed_rounds', '?')} timed rounds after "
+        f"{settings.get('warmup_rounds', '?')} warm-up rounds, cases interleaved. Milliseconds per batch.",
+        "",
+    ]
+    for run_name, run in report.get("runs", {}).items():
+        rows = [
+            [f"`{case}`", fmt(r["median_ms"]), fmt(r["min_ms"]), fmt(r["max_ms"])]
+            for case, r in run.get("results", {}).items()
+        ]
+        load = run.get("load_average_1_5_15_before", [None])[0]
+        out += [f"### {run_name} (1-minute load average before: {fmt(load, 1)})", ""]
+        out += [table(["case", "median ms", "min ms", "max ms"], rows), ""]
+        ratio = run.get("ratio_madao_no_grad_over_kornia_randaugment")
+        if ratio is not None:
+            verdict = "within" if run.get("ratio_within_target") else "above"
+            minima = fmt(run.get("ratio_madao_no_grad_over_kornia_randaugment_min"))
+            backward = fmt(run.get("ratio_madao_forward_backward_over_no_grad"))
+            out += [
+                f"MADAO (no grad) / kornia RandAugment, medians: **{ratio:.2f}** ({verdict} the target "
+                f"{fmt(run.get('ratio_target'))}); minima: {minima}. "
+                f"MADAO forward+backward / no grad: {backward}.",
+                "",
+            ]
+    return "\n".join(out)
+
+
+# --- cost.json -----------------------------------------------------------------------------------
+
+
+def cost_section(report: dict[str, Any] | None) -> str:
+    """MADAO's time and memory against training without it: per setting, then the hyper-step breakdown."""
+    out = ["## Cost of MADAO: time and memory (`results/cost.json`)", ""]
+    if report is None:
+        return "\n".join([*out, f"Not run yet: `{COMMANDS['cost']}` (or `make bench-quick`).", ""])
+    out += [provenance(report, "cost"), ""]
+    if report.get("description") or report.get("benchmark"):
+        out += [str(report.get("description") or report.get("benchmark")), ""]
+    results = report.get("results", {})
+    settings = {name: r for name, r in results.items() if isinstance(r, dict)}
+    if settings:
+        keys = sorted({k for r in settings.values() for k, v in r.items() if not isinstance(v, dict | list)})
+        out += [
+            table(
+                ["setting", *keys],
+                [[name, *(fmt(r.get(k), 3) for k in keys)] for name, r in settings.items()],
+            )
+        ]
+        out.append("")
+        for name, r in settings.items():
+            for key, value in r.items():
+                if isinstance(value, dict):
+                    rows = [[k, fmt(v, 4)] for k, v in flat_scalars(value)]
+                    out += [f"{name}, `{key}`:", "", table(["part", "value"], rows), ""]
+    rest = {
+        k: v for k, v in report.items() if k not in ("results", "machine", "date", "command", "description")
+    }
+    scalars = [(k, v) for k, v in flat_scalars(rest) if k and k != "benchmark"]
+    if scalars:
+        out += [
+            "Other recorded values:",
+            "",
+            table(["key", "value"], [[f"`{k}`", fmt(v, 4)] for k, v in scalars]),
+            "",
+        ]
+    return "\n".join(out)
+
+
+# --- accuracy.json -------------------------------------------------------------------------------
+
+
+def accuracy_table(report: dict[str, Any]) -> str:
+    """Table-2-style markdown: method | test error % (mean ± std over seeds) | seeds | per seed | fit time."""
+    rows = []
+    for method, row in report.get("methods", {}).items():
+        per_seed = ", ".join(f"{e:.2f}" for e in row.get("test_error_pct", []))
+        seconds = [s for s in row.get("fit_seconds", []) if s is not None]
+        rows.append(
+            [
+                METHOD_LABELS.get(method, method),
+                mean_std_cell(row.get("mean_pct"), row.get("std_pct")),
+                str(row.get("n", len(row.get("test_error_pct", [])))),
+                per_seed or "not run",
+                f"{sum(seconds) / len(seconds):.0f}" if seconds else "—",
+            ]
+        )
+    return table(["method", "test error % (mean ± std)", "seeds", "per seed", "fit s (mean)"], rows)
+
+
+def sweep_table(sweep: dict[str, Any], key: str) -> str:
+    """One row per swept value: test error, validation error, hyper steps, fit time."""
+    rows = [
+        [
+            str(p["value"]),
+            fmt(p.get("test_error_pct")),
+            fmt(p.get("val_error_pct")),
+            fmt(p.get("hyper_steps")),
+            fmt(p.get("fit_seconds"), 0),
+        ]
+        for p in sorted(sweep.get("points", []), key=lambda p: p["value"])
+    ]
+    return table([key, "test error %", "val error %", "hyper steps", "fit s"], rows)
+
+
+def accuracy_markdown(results_dir: Path = RESULTS) -> str:
+    """The accuracy table of ``<results_dir>/accuracy.json`` with a one-line caption (for the top README)."""
+    report = load(results_dir, "accuracy")
+    if report is None:
+        return f"No accuracy results yet: run `{COMMANDS['accuracy']}`."
+    s = report["settings"]
+    caption = (
+        f"Test error (%) on {s['dataset']} ({s['model']}, {s['epochs']} epochs, MADAO s = "
+        f"{s['inner_steps']}, w = {s['warmup_epochs']}, tau = {s['temperature']}), mean ± sample std over "
+        f"seeds {s['seeds']}:"
+    )
+    return f"{caption}\n\n{accuracy_table(report)}"
+
+
+def accuracy_section(report: dict[str, Any] | None, results_dir: Path, readme_dir: Path | None = None) -> str:
+    """The accuracy table, both sweeps with their plots, and the learned policy's plots.
+
+    Images are linked relative to ``readme_dir`` (default: the parent of ``results_dir``).
+    """
+
+    def link(image: str) -> str:
+        return Path(os.path.relpath(results_dir / image, readme_dir or results_dir.parent)).as_posix()
+
+    out = ["## Test error on digits (`results/accuracy.json`)", ""]
+    if report is None:
+        return "\n".join([*out, f"Not run yet: `{COMMANDS['accuracy']}` (about an hour on 2 CPU cores).", ""])
+    s = report["settings"]
+    shared = (s["inner_steps"], s["warmup_epochs"], s["temperature"]) == PAPER_SHARED
+    paper = " (the paper's shared settings, Table 6)" if shared else " (not the paper's s = 30, w = 20)"
+    devices = ", ".join(report.get("device", [])) or "?"
+    out += [
+        provenance(report, "accuracy") + f" Device: {devices}.",
+        "",
+        f"Every run: {s['dataset']}, model `{s['model']}`, {s['epochs']} epochs, batch {s['batch_size']}, "
+        "the data set's standard crop; MADAO with s = "
+        f"{s['inner_steps']}, w = {s['warmup_epochs']}, tau = {s['temperature']}, J = {s['neumann_steps']}, "
+        f"alpha = {s['neumann_alpha']}{paper}, no per-method tuning. All methods run through the same ops "
+        "and training module. "
+        f"Extra overrides: {', '.join(f'`{o}`' for o in s.get('extra_overrides', [])) or 'none'}.",
+        "",
+    ]
+    if not report.get("complete", False):
+        out += [
+            "**Incomplete**: some jobs have no results yet (rerun the command: finished jobs are kept).",
+            "",
+        ]
+    if report.get("failures"):
+        failed = "; ".join(f"`{k}`: {v}" for k, v in report["failures"].items())
+        out += [f"**Failed jobs**: {failed}", ""]
+    out += [accuracy_text(report), ""]
+    figures = {"inner_steps": ("Inner steps s (paper Figure 3)", "sweep_inner_steps.png"),
+               "warmup_epochs": ("Warm-up epochs w (paper Figure 6)", "sweep_warmup.png")}  # fmt: skip
+    for key, (title, image) in figures.items():
+        sweep = report.get("sweeps", {}).get(key)
+        if sweep is None:
+            continue
+        seeds = ", ".join(map(str, sweep.get("seeds", [])))
+        out += [f"### {title}, MADAO, seed {seeds}", "", sweep_table(sweep, key), ""]
+        if (results_dir / image).is_file():
+            out += [f"![{title}]({link(image)})", ""]
+    for image, title in (
+        ("madao_policy_evolution.png", "Selection probabilities over epochs (paper Figures 2 and 4)"),
+        (
+            "madao_policy_parameters.png",
+            "Apply probability and magnitude of the most selected ops (Figure 5)",
+        ),
+    ):
+        if (results_dir / image).is_file():
+            out += [f"### {title}", "", f"![{title}]({link(image)})", ""]
+    return "\n".join(out)
+
+
+def accuracy_text(report: dict[str, Any]) -> str:
+    """The methods table under a caption naming the statistic."""
+    seeds = report["settings"].get("seeds")
+    return f"Test error (%), mean ± sample standard deviation over seeds {seeds}:\n\n{accuracy_table(report)}"
+
+
+# --- README ----------------------------------------------------------------------------------------
+
+
+def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) -> str:
+    """The whole ``benchmarks/README.md`` text (image links relative to ``readme_dir``)."""
+    header = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`; do not edit by hand.",
+        "`make bench` runs every benchmark and regenerates this page (`python -m benchmarks.run_all`, "
+        "about 75 minutes on 2 CPU cores); `make bench-quick` runs the cost benchmark alone. Each section "
+        "names the command, machine and date of its numbers.",
+        "",
+        "| file | benchmark | command |",
+        "|---|---|---|",
+        *(f"| `results/{name}.json` | {name} | `{command}` |" for name, command in COMMANDS.items()),
+        "",
+    ]
+    sections = [
+        policy_section(load(results_dir, "policy")),
+        cost_section(load(results_dir, "cost")),
+        accuracy_section(load(results_dir, "accuracy"), results_dir, readme_dir),
+    ]
+    return "\n".join(header) + "\n" + "\n".join(sections).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS.parent / "README.md")
+    args = parser.parse_args(argv)
+    args.out.write_text(build_readme(args.results, args.out.resolve().parent))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

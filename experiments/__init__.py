@@ -1,0 +1,1 @@
+"""Commands and a summariser that reproduce the paper's tables and figures (see README.md here)."""

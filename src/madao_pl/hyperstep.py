@@ -1,0 +1,495 @@
+"""The MADAO hyper step on a network and a policy: plain, adaptive and memory-bounded (chunked).
+
+One call does what paper Algorithm 1 does every ``s``-th step (DESIGN.md §5): the augmented forward
+(policy with its graph -> cutout -> normalise -> network in train mode), ``df/dtheta``, ``dg/dtheta`` on an
+un-augmented held-out batch with the network in eval mode, and the implicit hypergradient
+``-d2f/dphi dtheta^T [alpha sum_{j<=J} (I - alpha H)^j] dg/dtheta`` by :mod:`madao_pl.hypergrad`. It returns
+the hypergradient and the network gradient; the caller (``MADAOModule``) averages both across DDP ranks
+and steps the two optimisers.
+
+How the work is split. The augmented batch ``x = normalise(cutout(policy(images)))`` is computed once with
+its graph to the policy parameters ``phi``. The network sees ``x`` through a detached leaf, so everything
+second-order (the HVPs, and the mixed derivative as ``d/dx <df/dtheta, u>``) stays inside the network; the
+mixed derivative reaches ``phi`` by one vector-Jacobian product through the augmentation at the end. This
+is the chain rule, not an approximation, and it means the policy, its random draws and the Cutout mask are
+computed exactly once per hyper step, whatever the number of chunks.
+
+Switches (all off = the plain path, today's maths):
+
+- ``tol > 0``: the adaptive Neumann series of :func:`madao_pl.hypergrad.neumann_binomial_inverse_hvp`
+  (the same ``J``-term sum to within ``tol`` relative, usually after 1 HVP when ``alpha |H|`` is small).
+- ``chunks > 1``: a memory-bounded hyper step. Every HVP and the mixed derivative are taken chunk by chunk,
+  each chunk's forward and double-backward graph rebuilt and freed in turn, so only one chunk's graph is
+  alive at a time (peak memory about ``1 / chunks`` of the plain hyper step's graph, at the price of one
+  extra forward + first-order backward per chunk and per HVP).
+
+What ``chunks > 1`` computes on networks with BatchNorm. In train mode BatchNorm normalises with the
+statistics of the batch it sees, so the training loss is *not* a sum over samples and its Hessian is not a
+sum of per-chunk Hessians; an exact chunked HVP of the full-batch loss would need every chunk's graph at
+once (the cross-sample terms run through every BatchNorm layer), which is the memory this mode saves. The
+chunked hyper step therefore differentiates the *per-chunk-statistics* training loss
+
+    f_C(theta, phi) = sum_c (|c| / B) * CE(net_train(x_c(phi)), y_c),   BatchNorm statistics over chunk c,
+
+("ghost batch norm"), which is exactly the loss DDP differentiates when ``C`` ranks hold ``B / C`` samples
+each (BatchNorm statistics are per rank; SyncBatchNorm is refused). It equals the plain path's loss when
+the network has no train-mode cross-sample layer, and then the chunked hyper step equals the plain one up
+to rounding. Its *unchunked* counterpart is the same ``f_C`` with every chunk's graph alive at once (the
+tests compare against it to 1e-10 in float64). Everything first-order stays exact full-batch maths: the
+network gradient ``df/dtheta`` and ``train_loss`` come from one ordinary full-batch train-mode forward and
+backward, exactly an inner step, and that forward is the only one that updates the BatchNorm running
+statistics (the chunk forwards' updates are undone), so the network trains and the running statistics
+evolve exactly as in the plain path; only the second-order terms (the HVPs and the mixed derivative) use
+chunk statistics.
+
+Randomness: the policy draws come from ``generator`` (default ``policy.generator``, else torch's global
+generator) and Cutout from torch's global generator, in the same order as ``MADAOModule.augment``
+(policy, then Cutout), each exactly once.
+
+Host syncs: none of its own unless a :class:`StepTimer` is passed (the timer synchronises CUDA around each
+timed section). The adaptive Neumann series syncs once per term (``.item()``), and the policy's grouping of
+samples by operation syncs a few times per stage (see :func:`madao_pl.augment.policy.apply_stage`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from madao_pl.augment.ops import cutout
+from madao_pl.augment.policy import Policy
+from madao_pl.hypergrad import (
+    METHODS,
+    HypergradInfo,
+    conjugate_gradient_inverse_hvp,
+    exact_inverse_hvp,
+    neumann_inverse_hvp,
+)
+
+__all__ = ["HyperStepResult", "StepTimer", "augment_for_hyper_step", "hyper_step"]
+
+Vector = tuple[Tensor, ...]
+
+
+class StepTimer:
+    """Wall-clock seconds of named sections, summed per name, for profiling a hyper step.
+
+    On CUDA it synchronises the device before and after each section, so the times are those of the
+    work, not of its launch; that is why :func:`hyper_step` only times (and syncs) when given a timer.
+    Sections with the same name add up; :meth:`reset` clears them.
+
+    Args:
+        device: the device the work runs on (synchronised when it is a CUDA device).
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.cuda = device is not None and torch.device(device).type == "cuda"
+        self.times: dict[str, float] = {}
+
+    def reset(self) -> None:
+        """Forget every recorded section."""
+        self.times = {}
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block and add the seconds to ``times[name]``."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class HyperStepResult:
+    """What one hyper step returns; no tensor carries a graph.
+
+    Attributes:
+        hypergrad: ``-d2f/dphi dtheta^T H^{-1} dg/dtheta`` (approximated by ``method``), one tensor per
+            trainable policy parameter, in ``policy.parameters()`` order. Descend along it.
+        network_grads: ``df/dtheta`` of the full-batch training loss, one tensor per trainable network
+            parameter, in ``net.parameters()`` order: the network step of this (fused inner) step.
+        train_loss: ``f``, the full-batch augmented training loss (0-d).
+        val_loss: ``g``, the validation loss in eval mode (0-d).
+        info: the inverse-HVP diagnostics; ``info.hvps`` is the number of Hessian-vector products of the
+            whole batch performed (with ``chunks > 1`` each one is ``chunks`` chunk products).
+        timings: seconds per section when a :class:`StepTimer` was passed (its ``times`` after this call),
+            else empty. Sections: ``augmented_forward``, ``train_gradient`` (df/dtheta),
+            ``validation_gradient``, ``hvp_1`` .. ``hvp_k``, ``mixed_derivative`` (including the product
+            through the augmentation to phi), ``inverse_hvp_overhead`` (the Neumann/CG arithmetic around
+            the HVPs) and ``restore_buffers`` (chunked only).
+    """
+
+    hypergrad: Vector
+    network_grads: Vector
+    train_loss: Tensor
+    val_loss: Tensor
+    info: HypergradInfo
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``module`` that require grad, in ``parameters()`` order."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def augment_for_hyper_step(
+    policy: Policy,
+    images: Tensor,
+    *,
+    normalize: Callable[[Tensor], Tensor],
+    cutout_size: int = 0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``normalize(cutout(policy(images)))`` with grad enabled, so the result has a graph to the policy.
+
+    The same order and the same random draws as ``MADAOModule.augment`` followed by ``normalize``:
+    the policy draws from ``generator`` (default ``policy.generator``), Cutout from torch's global
+    generator. With grad enabled a :class:`~madao_pl.augment.policy.MADAOPolicy` draws relaxed (its
+    selection, apply weight and magnitude carry gradients).
+
+    Shapes: ``(B, C, H, W)`` in ``[0, 1]`` -> ``(B, C, H, W)`` normalised.
+    """
+    with torch.enable_grad():
+        augmented = policy(images, generator=generator)
+        if cutout_size > 0:
+            augmented = cutout(augmented, cutout_size)
+        return normalize(augmented)
+
+
+@contextlib.contextmanager
+def _eval_mode(net: nn.Module) -> Iterator[None]:
+    """Run the block with ``net`` in eval mode, restoring its previous mode afterwards."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
+def _validation_gradient(
+    net: nn.Module, images: Tensor, labels: Tensor, params: Sequence[Tensor]
+) -> tuple[Tensor, Vector]:
+    """``g`` and ``dg/dtheta`` on un-augmented, normalised images with the network in eval mode.
+
+    Eval mode makes BatchNorm use, and not update, its running statistics; zeros where ``g`` does not
+    depend on a parameter.
+    """
+    with _eval_mode(net), torch.enable_grad():
+        loss = F.cross_entropy(net(images), labels)
+        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    return loss.detach(), tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
+
+
+def _zeros_for_none(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> Vector:
+    return tuple(torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, like, strict=True))
+
+
+class _HessianOperator(torch.autograd.Function):
+    """Packs a Hessian-vector-product routine as the backward of a stand-in for ``df/dtheta``.
+
+    ``outputs = _HessianOperator.apply(hvp, values, *params)`` returns tensors equal to ``values`` (the
+    gradient ``df/dtheta``) whose vector-Jacobian product with respect to ``params`` is ``hvp(v)``. So
+    ``torch.autograd.grad(outputs, params, grad_outputs=v)`` is ``H v`` computed however ``hvp`` computes
+    it (chunk by chunk here), and the inverse-HVP routines of :mod:`madao_pl.hypergrad`, which only take
+    such products through ``df/dtheta``, run unchanged on it.
+    """
+
+    @staticmethod
+    def forward(ctx, hvp: Callable[[Vector], Vector], values: Vector, *params: Tensor) -> Vector:  # type: ignore[override]
+        ctx.hvp = hvp
+        return tuple(v.detach().clone() for v in values)
+
+    @staticmethod
+    def backward(ctx, *vector: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        return (None, None, *ctx.hvp(tuple(vector)))
+
+
+class _BufferSnapshot:
+    """Copies of every buffer of a module (BatchNorm running statistics and counters), to restore later."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.saved = [(b, b.detach().clone()) for b in module.buffers()]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for buffer, value in self.saved:
+                buffer.copy_(value)
+
+
+def _check_arguments(
+    images: Tensor,
+    labels: Tensor,
+    val_images: Tensor,
+    val_labels: Tensor,
+    *,
+    cutout_size: int,
+    alpha: float,
+    steps: int,
+    method: str,
+    tol: float,
+    chunks: int,
+) -> None:
+    """Refuse bad settings and mismatched batches with a message naming the fix."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(repr(m) for m in METHODS)}.")
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise ValueError(
+            f"chunks (augment.hyper_chunks) must be an int >= 1 (1 = the whole batch at once), got {chunks!r}."
+        )
+    if chunks > images.shape[0]:
+        raise ValueError(
+            f"chunks={chunks} is more than the batch size {images.shape[0]}: every chunk needs a sample; "
+            "lower augment.hyper_chunks."
+        )
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(
+            f"tol (augment.neumann_tol) must be a finite float >= 0 (0 = all J terms), got {tol!r}."
+        )
+    if isinstance(cutout_size, bool) or not isinstance(cutout_size, int) or cutout_size < 0:
+        raise ValueError(f"cutout_size must be an int >= 0 pixels (0 = off), got {cutout_size!r}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps (augment.neumann_steps) must be an int >= 0, got {steps!r}.")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha (augment.neumann_alpha) must be a finite float > 0, got {alpha!r}.")
+    for name, x, y in (("images", images, labels), ("val_images", val_images, val_labels)):
+        if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise ValueError(
+                f"{name} must be (B, C, H, W) with B >= 1 and its labels (B,), got {tuple(x.shape)} and "
+                f"{tuple(y.shape)}."
+            )
+
+
+def _inverse_hvp(
+    train_grads: Sequence[Tensor],
+    params: Sequence[Tensor],
+    vector: Sequence[Tensor],
+    *,
+    method: str,
+    alpha: float,
+    steps: int,
+    tol: float,
+    info: HypergradInfo,
+) -> Vector:
+    """``H^{-1} v`` by ``method``, as :func:`madao_pl.hypergrad.implicit_hypergradient` chooses it."""
+    if method == "neumann":
+        return neumann_inverse_hvp(train_grads, params, vector, alpha=alpha, steps=steps, tol=tol, info=info)
+    if method == "cg":
+        return conjugate_gradient_inverse_hvp(train_grads, params, vector, steps=steps, info=info)
+    return exact_inverse_hvp(train_grads, params, vector, info=info)
+
+
+def hyper_step(
+    net: nn.Module,
+    policy: Policy,
+    images: Tensor,
+    labels: Tensor,
+    val_images: Tensor,
+    val_labels: Tensor,
+    *,
+    normalize: Callable[[Tensor], Tensor],
+    cutout_size: int = 0,
+    alpha: float = 1e-3,
+    steps: int = 5,
+    method: str = "neumann",
+    tol: float = 0.0,
+    chunks: int = 1,
+    generator: torch.Generator | None = None,
+    timer: StepTimer | None = None,
+) -> HyperStepResult:
+    """One MADAO hyper step: network gradient and implicit policy hypergradient (see the module doc).
+
+    Plain path (``tol=0, chunks=1``): one train-mode forward of the augmented batch (it updates the
+    BatchNorm running statistics once, as an inner step does), ``df/dtheta`` with ``create_graph=True``,
+    ``dg/dtheta`` in eval mode, ``J`` HVPs through that graph and the mixed derivative.
+
+    Args:
+        net: the classifier (unwrapped, not DDP); takes normalised images, returns logits. Left in the mode
+            it was in.
+        policy: the augmentation policy; its trainable parameters are ``phi``.
+        images, labels: the training batch ``(B, C, H, W)`` in ``[0, 1]`` and ``(B,)``.
+        val_images, val_labels: an un-augmented held-out batch in ``[0, 1]`` and its labels.
+        normalize: per-channel normalisation applied after the augmentation (and to ``val_images``).
+        cutout_size: Cutout square side in pixels after the policy (0 = off).
+        alpha: Neumann step.
+        steps: ``J``, HVPs of the plain Neumann loop (CG iterations for ``method="cg"``).
+        method: ``"neumann"``, ``"cg"`` or ``"exact"`` (see :mod:`madao_pl.hypergrad`).
+        tol: adaptive Neumann tolerance (``augment.neumann_tol``); 0 = all ``J`` terms.
+        chunks: ``augment.hyper_chunks``; 1 = whole batch, ``C > 1`` = memory-bounded chunked hyper step
+            (per-chunk BatchNorm statistics in the second-order terms, see the module doc).
+        generator: the policy's random generator (default ``policy.generator``).
+        timer: a :class:`StepTimer` to time each section (it synchronises CUDA); ``None`` = no timing.
+
+    Returns:
+        :class:`HyperStepResult`.
+    """
+    _check_arguments(
+        images,
+        labels,
+        val_images,
+        val_labels,
+        cutout_size=cutout_size,
+        alpha=alpha,
+        steps=steps,
+        method=method,
+        tol=tol,
+        chunks=chunks,
+    )
+    section = timer.section if timer is not None else (lambda name: contextlib.nullcontext())
+    params = _trainable(net)
+    hparams = _trainable(policy)
+    if not params:
+        raise ValueError(
+            "the network has no trainable parameters: the hyper step needs theta to differentiate."
+        )
+    info = HypergradInfo()
+    hvp_count = 0
+
+    hvp_seconds = 0.0
+
+    def timed_hvp(hvp: Callable[[Vector], Vector]) -> Callable[[Vector], Vector]:
+        def run(vector: Vector) -> Vector:
+            nonlocal hvp_count, hvp_seconds
+            hvp_count += 1
+            start = time.perf_counter()
+            with section(f"hvp_{hvp_count}"):
+                product = hvp(vector)
+            hvp_seconds += time.perf_counter() - start
+            return product
+
+        return run
+
+    with section("augmented_forward"):
+        augmented = augment_for_hyper_step(
+            policy, images, normalize=normalize, cutout_size=cutout_size, generator=generator
+        )
+        inputs = augmented.detach().requires_grad_(True)
+    batch = images.shape[0]
+
+    if chunks == 1:
+        with section("augmented_forward"), torch.enable_grad():
+            train_loss = F.cross_entropy(net(inputs), labels)
+        with section("train_gradient"), torch.enable_grad():
+            grads = torch.autograd.grad(train_loss, params, create_graph=True, allow_unused=True)
+        graph = [g for g in grads if g is not None and g.requires_grad]
+        graph_params = [p for g, p in zip(grads, params) if g is not None and g.requires_grad]
+        network_grads = _zeros_for_none(grads, params)
+
+        def full_hvp(vector: Vector) -> Vector:
+            wanted = [v for g, v in zip(grads, vector) if g is not None and g.requires_grad]
+            products = torch.autograd.grad(
+                graph, params, grad_outputs=wanted, retain_graph=True, allow_unused=True
+            )
+            return _zeros_for_none(products, params)
+
+        def mixed(direction: Vector) -> Tensor:
+            wanted = [v for g, v in zip(grads, direction) if g is not None and g.requires_grad]
+            (product,) = torch.autograd.grad(graph, [inputs], grad_outputs=wanted, allow_unused=True)
+            return torch.zeros_like(inputs) if product is None else product
+
+        hvp = full_hvp
+        if not graph_params:
+            hvp = None  # no second-order path: no HVP is possible, and the hypergradient is zero
+        snapshot = None
+    else:
+        slices = [(int(s[0]), len(s)) for s in torch.tensor_split(torch.arange(batch), chunks)]
+        with section("augmented_forward"), torch.enable_grad():
+            train_loss = F.cross_entropy(net(inputs.detach()), labels)
+        with section("train_gradient"):
+            grads = torch.autograd.grad(train_loss, params, allow_unused=True)
+        network_grads = _zeros_for_none(grads, params)
+        train_loss = train_loss.detach()
+        del grads
+        snapshot = _BufferSnapshot(net)
+
+        def chunk_grads(start: int, length: int, chunk_inputs: Tensor) -> tuple[Tensor | None, ...]:
+            with torch.enable_grad():
+                loss = F.cross_entropy(
+                    net(chunk_inputs), labels.narrow(0, start, length), reduction="sum"
+                ) / float(batch)
+                return torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+
+        def chunked_hvp(vector: Vector) -> Vector:
+            total = [torch.zeros_like(p) for p in params]
+            for start, length in slices:
+                g = chunk_grads(start, length, inputs.detach().narrow(0, start, length))
+                pairs = [(gi, v) for gi, v in zip(g, vector) if gi is not None and gi.requires_grad]
+                if not pairs:
+                    continue
+                products = torch.autograd.grad(
+                    [gi for gi, _ in pairs], params, grad_outputs=[v for _, v in pairs], allow_unused=True
+                )
+                for t, h in zip(total, products):
+                    if h is not None:
+                        t.add_(h)
+            return tuple(total)
+
+        def mixed(direction: Vector) -> Tensor:
+            product = torch.zeros_like(inputs)
+            for start, length in slices:
+                chunk_inputs = inputs.detach().narrow(0, start, length).requires_grad_(True)
+                g = chunk_grads(start, length, chunk_inputs)
+                pairs = [(gi, v) for gi, v in zip(g, direction) if gi is not None and gi.requires_grad]
+                if not pairs:
+                    continue
+                (part,) = torch.autograd.grad(
+                    [gi for gi, _ in pairs],
+                    [chunk_inputs],
+                    grad_outputs=[v for _, v in pairs],
+                    allow_unused=True,
+                )
+                if part is not None:
+                    product.narrow(0, start, length).copy_(part)
+            return product
+
+        hvp = chunked_hvp
+
+    try:
+        with section("validation_gradient"):
+            val_loss, val_grads = _validation_gradient(net, normalize(val_images), val_labels, params)
+        if hvp is None or not hparams:
+            hypergrad = tuple(torch.zeros_like(h) for h in hparams)
+            info.method = method
+        else:
+            operator = _HessianOperator.apply(timed_hvp(hvp), network_grads, *params)
+            with section("inverse_hvp_overhead"):
+                solution = _inverse_hvp(
+                    operator, params, val_grads, method=method, alpha=alpha, steps=steps, tol=tol, info=info
+                )
+            del operator
+            if info.hvps != hvp_count:
+                raise RuntimeError(f"internal error: {hvp_count} HVPs performed but {info.hvps} reported.")
+            with section("mixed_derivative"):
+                input_product = mixed(solution)
+                products = torch.autograd.grad(
+                    augmented, hparams, grad_outputs=input_product, allow_unused=True
+                )
+                hypergrad = tuple(
+                    torch.zeros_like(h) if m is None else -m.detach() for m, h in zip(products, hparams)
+                )
+    finally:
+        if snapshot is not None:
+            with section("restore_buffers"):
+                snapshot.restore()
+    if timer is not None and "inverse_hvp_overhead" in timer.times:
+        timer.times["inverse_hvp_overhead"] -= hvp_seconds
+    return HyperStepResult(
+        hypergrad=hypergrad,
+        network_grads=network_grads,
+        train_loss=train_loss.detach(),
+        val_loss=val_loss,
+        info=info,
+        timings=dict(timer.times) if timer is not None else {},
+    )

@@ -1,0 +1,49 @@
+"""A CSV logger that never loses rows written by another process.
+
+Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts, and rewrites the file
+with only the columns its own process has seen when new ones appear. Both lose work here: a run
+resumed from ``last.ckpt`` (a new process) would wipe the earlier epochs' metrics, and with
+``ddp_spawn`` the test phase (new worker processes) cannot append its columns to the file the fit
+phase wrote. `CSVLogger` keeps the file and merges the header instead.
+"""
+
+from __future__ import annotations
+
+import csv
+
+from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's ExperimentWriter, appending to an existing metrics.csv with a merged header."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                self.metrics_keys = sorted(csv.DictReader(handle).fieldnames or [])
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            existing = reader.fieldnames or []
+        self.metrics_keys = sorted(set(existing) | set(fieldnames))
+        with self._fs.open(self.metrics_file_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's CSVLogger with `AppendingExperimentWriter`: resumed runs and ddp_spawn test
+    phases append to ``metrics.csv`` instead of replacing it."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -1,0 +1,343 @@
+"""experiments/summarize.py on a fabricated Hydra multirun: exact statistics, the paper's layout,
+sweep layouts, settings that must (and must not) split a cell, and problems reported, not dropped."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from experiments.summarize import collect, main, render_markdown, summarize
+
+from madao_pl.run import check_config
+from tests.conftest import TINY, compose_config
+
+
+def write_run(
+    root: Path,
+    job: str,
+    dataset: str,
+    model: str,
+    augment: str,
+    seed: int,
+    test_error: float | None,
+    inner_steps: int = 30,
+    warmup_epochs: int = 20,
+    lr: float = 0.1,
+    hydra: bool = True,
+) -> Path:
+    """A job directory as madao_pl.run writes it: .hydra/ and results.json (config included)."""
+    out = root / job
+    out.mkdir(parents=True)
+    if hydra:
+        (out / ".hydra").mkdir()
+        (out / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    config = {
+        "seed": seed,
+        "paths": {"output_dir": str(out), "data_dir": "data"},
+        "dataset": {"name": dataset, "lr": lr, "datamodule": {"seed": seed, "root": f"data/{dataset}"}},
+        "model": {"name": model},
+        "augment": {"name": augment, "inner_steps": inner_steps, "warmup_epochs": warmup_epochs},
+        "module": {"inner_steps": inner_steps},
+        "callbacks": {"warmup": {"warmup_epochs": warmup_epochs}, "ckpt": {"dirpath": f"{out}/checkpoints"}},
+        "logger": {"wandb": {"name": f"{dataset}-{augment}-s{seed}"}},
+    }
+    results = {
+        "dataset": dataset,
+        "model": model,
+        "augment": augment,
+        "seed": seed,
+        "inner_steps": inner_steps,
+        "warmup_epochs": warmup_epochs,
+        "test_error": test_error,
+        "val_error": None if test_error is None else test_error + 0.01,
+        "config": config,
+    }
+    (out / "results.json").write_text(json.dumps(results))
+    return out
+
+
+@pytest.fixture
+def table2_dir(tmp_path: Path) -> Path:
+    """CIFAR-10 / WRN-28-2 with three methods, SVHN with one, jobs numbered like a Hydra sweep."""
+    root = tmp_path / "multirun" / "2024-01-01_00-00-00"
+    runs = [
+        ("cifar10", "wrn28_2", "madao", [0.046, 0.044]),
+        ("cifar10", "wrn28_2", "baseline", [0.048, 0.050, 0.052]),
+        ("svhn", "wrn28_2", "randaugment", [0.026]),
+        ("cifar10", "wrn28_2", "randaugment", [0.047, 0.047, 0.047]),
+    ]
+    job = 0
+    for dataset, model, augment, errors in runs:
+        for seed, error in enumerate(errors):
+            write_run(
+                root, f"{job}_augment={augment},dataset={dataset}", dataset, model, augment, seed, error
+            )
+            job += 1
+    return tmp_path / "multirun"
+
+
+def test_paper_layout_exact_statistics(table2_dir: Path) -> None:
+    runs, problems = collect([table2_dir])
+    assert problems == []
+    assert len(runs) == 9
+    table, more = summarize(runs)
+    assert more == []
+    assert table.row_header == ["dataset", "model"]
+    assert table.rows == [("cifar10", "wrn28_2"), ("svhn", "wrn28_2")]
+    assert table.columns == ["Baseline", "RandAugment", "MADAO"]  # the paper's order, not the runs' order
+
+    baseline = table.cells[(("cifar10", "wrn28_2"), "Baseline")]
+    assert baseline.n == 3
+    assert math.isclose(baseline.mean, 5.0, abs_tol=1e-9)
+    assert math.isclose(baseline.std, 0.2, abs_tol=1e-9)  # sample std: sqrt((0.2^2 + 0 + 0.2^2) / 2)
+    madao = table.cells[(("cifar10", "wrn28_2"), "MADAO")]
+    assert math.isclose(madao.mean, 4.5, abs_tol=1e-9)
+    assert math.isclose(madao.std, math.sqrt(0.02), abs_tol=1e-9)
+    randaugment = table.cells[(("cifar10", "wrn28_2"), "RandAugment")]
+    assert math.isclose(randaugment.std, 0.0, abs_tol=1e-9)
+    single = table.cells[(("svhn", "wrn28_2"), "RandAugment")]
+    assert single.std is None and single.text() == "2.60 (1)"
+
+    lines = render_markdown(table, []).splitlines()
+    assert lines[2] == "| dataset | model | Baseline | RandAugment | MADAO |"
+    assert lines[4] == "| cifar10 | wrn28_2 | 5.00 ± 0.20 (3) | 4.70 ± 0.00 (3) | 4.50 ± 0.14 (2) |"
+    assert lines[5] == "| svhn | wrn28_2 | — | 2.60 (1) | — |"
+    assert "Problems" not in "\n".join(lines)
+
+
+def test_val_error_metric(table2_dir: Path) -> None:
+    runs, _ = collect([table2_dir], metric="val_error")
+    table, _ = summarize(runs, metric="val_error")
+    assert math.isclose(table.cells[(("cifar10", "wrn28_2"), "Baseline")].mean, 6.0, abs_tol=1e-9)
+    assert render_markdown(table, []).startswith("Validation error (%)")
+
+
+def test_sweep_layout_by_inner_steps(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    errors = {5: [0.050, 0.054], 30: [0.046, 0.048], 100: [0.049, 0.049]}
+    for inner, values in errors.items():
+        for seed, error in enumerate(values):
+            write_run(root, f"s{inner}_{seed}", "cifar10", "wrn28_2", "madao", seed, error, inner_steps=inner)
+    runs, problems = collect([root])
+    assert problems == []
+
+    table, _ = summarize(runs, by="inner_steps")
+    assert table.row_header == ["dataset", "model", "method"]
+    assert table.rows == [("cifar10", "wrn28_2", "MADAO")]  # module.inner_steps varies alike: no label
+    assert table.columns == ["5", "30", "100"]  # numeric order, not "100" < "30" < "5"
+    row = table.rows[0]
+    assert math.isclose(table.cells[(row, "5")].mean, 5.2, abs_tol=1e-9)
+    assert math.isclose(table.cells[(row, "5")].std, math.sqrt(0.08), abs_tol=1e-9)
+    assert math.isclose(table.cells[(row, "30")].mean, 4.7, abs_tol=1e-9)
+
+    # The dotted key and the paper layout: different s are never averaged together.
+    assert summarize(runs, by="augment.inner_steps")[0].columns == ["5", "30", "100"]
+    paper, _ = summarize(runs)
+    assert paper.columns == ["MADAO [inner_steps=5]", "MADAO [inner_steps=30]", "MADAO [inner_steps=100]"]
+    assert all(cell.n == 2 for cell in paper.cells.values())
+
+
+def test_warmup_sweep_keeps_other_settings_apart(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    for warmup in (0, 10, 20):
+        write_run(
+            root, f"w{warmup}", "cifar10", "wrn28_2", "madao", 0, 0.05 + warmup / 1000, warmup_epochs=warmup
+        )
+    write_run(root, "lr", "cifar10", "wrn28_2", "madao", 1, 0.07, warmup_epochs=20, lr=0.05)
+    runs, _ = collect([root])
+    table, _ = summarize(runs, by="warmup_epochs")
+    assert table.columns == ["0", "10", "20"]
+    assert table.rows == [
+        ("cifar10", "wrn28_2", "MADAO [dataset.lr=0.05]"),
+        ("cifar10", "wrn28_2", "MADAO [dataset.lr=0.1]"),
+    ]
+    assert table.cells[(table.rows[1], "20")].values == pytest.approx([7.0])
+    assert table.cells[(table.rows[0], "20")].values == pytest.approx([7.0])
+    assert table.cells[(table.rows[1], "10")].values == pytest.approx([6.0])
+
+
+def test_seed_and_paths_do_not_split_a_cell(table2_dir: Path) -> None:
+    """Output dirs, data roots, logger names and datamodule seeds differ per run: still one cell."""
+    runs, _ = collect([table2_dir])
+    assert len({run.settings.get("paths.output_dir") for run in runs}) == 1  # ignored keys are dropped
+    table, _ = summarize(runs)
+    assert table.cells[(("cifar10", "wrn28_2"), "Baseline")].n == 3
+
+
+def test_problems_are_reported_not_dropped(table2_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = table2_dir / "2024-01-01_00-00-00"
+    (sweep / "90_broken").mkdir()
+    (sweep / "90_broken" / "results.json").write_text('{"dataset": "cifar10", ')
+    write_run(sweep, "91_no_test", "cifar10", "wrn28_2", "madao", 2, None)
+    write_run(sweep, "92_bad_value", "cifar10", "wrn28_2", "madao", 2, 4.6)  # a percentage, not a rate
+    (sweep / "93_crashed" / ".hydra").mkdir(parents=True)
+    write_run(sweep, "94_again", "cifar10", "wrn28_2", "madao", 1, 0.046)  # seed 1 a second time
+    (sweep / "95_not_ours").mkdir()
+    (sweep / "95_not_ours" / "results.json").write_text(json.dumps({"test_error": 0.1}))
+    (sweep / ".submitit" / "123").mkdir(parents=True)  # hidden: not searched, not a problem
+
+    runs, problems = collect([table2_dir])
+    assert len(runs) == 10  # the 9 good ones and the duplicate seed
+    text = "\n".join(problems)
+    assert len(problems) == 5, text
+    assert "90_broken/results.json: unreadable (JSONDecodeError" in text
+    assert "91_no_test/results.json: no test_error" in text
+    assert "92_bad_value/results.json: test_error=4.6 is not an error rate in [0, 1]" in text
+    assert "93_crashed: Hydra job without results.json" in text
+    assert "95_not_ours/results.json: no dataset, model, augment" in text
+
+    table, duplicates = summarize(runs)
+    assert (
+        len(duplicates) == 1 and "cifar10 / wrn28_2 / MADAO: seed 1 appears more than once" in duplicates[0]
+    )
+    assert table.cells[(("cifar10", "wrn28_2"), "MADAO")].n == 3
+
+    assert main([str(table2_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "Problems (6):" in out
+    assert err.count("problem: ") == 6
+    assert main([str(table2_dir), "--strict"]) == 1
+
+
+def test_cli_writes_markdown_and_refuses_bad_input(
+    table2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "table.md"
+    assert main([str(table2_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_text() == printed
+    assert "| cifar10 | wrn28_2 | 5.00 ± 0.20 (3) |" in printed
+
+    assert main([str(table2_dir), "--augment", "madao"]) == 0
+    assert "| dataset | model | MADAO |" in capsys.readouterr().out
+
+    assert main([str(table2_dir), "--by", "no_such_key"]) == 2
+    assert "--by no_such_key: no run has a setting named no_such_key" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 1
+    assert "no usable results.json" in capsys.readouterr().err
+
+
+# --- the experiment scripts and a real multirun -------------------------------------------------
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SHELL_VALUES = {
+    "$augment": "madao",
+    "${augment}": "madao",
+    "$seed": "0",
+    "${seed}": "0",
+    "$OUT": "out",
+}
+
+
+def script_commands(script: Path) -> list[list[str]]:
+    """The Hydra overrides of every ``madao_pl.run`` command in a script, shell variables filled in."""
+    text = script.read_text().replace("\\\n", " ")
+    variables = dict(SHELL_VALUES)
+    for line in text.splitlines():
+        if line.startswith("METHODS="):
+            variables["$METHODS"] = line.split("=", 1)[1]
+    commands = []
+    for line in text.splitlines():
+        if "-m madao_pl.run" not in line or line.lstrip().startswith("#"):
+            continue
+        tokens = shlex.split(line.split("-m madao_pl.run", 1)[1])
+        overrides = []
+        for token in tokens:
+            if token in ("-m", "$@"):
+                continue
+            for name, value in sorted(variables.items(), key=lambda item: -len(item[0])):
+                token = token.replace(name, value)
+            overrides.append(token)
+        commands.append(overrides)
+    return commands
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Every job of a sweep (comma lists expanded; seeds and hydra.* keys left out)."""
+    fixed, swept = [], []
+    for override in overrides:
+        key, value = override.split("=", 1)
+        if key.startswith("hydra") or key == "seed":
+            continue
+        if "," in value:
+            swept.append([f"{key}={v}" for v in value.split(",")])
+        else:
+            fixed.append(override)
+    return [[*fixed, *combo] for combo in itertools.product(*swept)]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXPERIMENTS.glob("*.sh")))
+def test_experiment_scripts_compose_and_pass_the_config_checks(script: str, tmp_path: Path) -> None:
+    """Every job every script launches is a valid config: each override names an existing key or
+    group choice (Hydra refuses others), and the values pass madao_pl.run's checks."""
+    commands = script_commands(EXPERIMENTS / script)
+    assert commands, f"{script} launches no madao_pl.run command"
+    jobs = [job for command in commands for job in expand(command)]
+    for job in jobs:
+        cfg = compose_config(tmp_path, *job)
+        check_config(cfg)
+        assert cfg.augment.inner_steps >= 1
+
+
+def test_experiment_scripts_cover_the_paper() -> None:
+    """Tables 2-4 and Figures 2-6 each have a script with the paper's settings."""
+    jobs = {
+        script.name: [job for command in script_commands(script) for job in expand(command)]
+        for script in EXPERIMENTS.glob("*.sh")
+    }
+    table2 = {tuple(sorted(j)) for j in jobs["table2_cifar.sh"] if "dataset=cifar10" in j}
+    assert len(table2) == 4 * 5  # four networks x five methods
+    assert any("dataset=cifar100" in j and "model=wrn28_2" in j for j in jobs["table2_cifar.sh"])
+    assert any("dataset=svhn" in j for j in jobs["table2_svhn.sh"])
+    assert {f"dataset={d}" for d in ("flowers", "pets", "aircraft", "cars")} <= {
+        o for j in jobs["table4_finegrained.sh"] for o in j
+    }
+    assert any("trainer.devices=8" in j and "dataset=imagenet" in j for j in jobs["table3_imagenet.sh"])
+    assert {f"augment.inner_steps={s}" for s in (5, 10, 30, 50, 100)} <= {
+        o for j in jobs["fig3_inner_steps.sh"] for o in j
+    }
+    assert {f"augment.warmup_epochs={w}" for w in (0, 10, 20, 30)} <= {
+        o for j in jobs["fig6_warmup.sh"] for o in j
+    }
+    assert all("augment=madao" in j for j in jobs["fig2_fig4_fig5_policies.sh"])
+
+
+@pytest.mark.slow
+def test_summarize_a_real_hydra_multirun(tmp_path: Path) -> None:
+    """A real `python -m madao_pl.run -m` sweep (tiny digits fits) summarised: two methods x two seeds,
+    one cell each, nothing reported as a problem (the per-run config differences are only paths/seeds)."""
+    sweep_dir = tmp_path / "multirun"
+    command = [
+        sys.executable,
+        "-m",
+        "madao_pl.run",
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=${hydra.job.num}",  # TINY's many overrides would make too long a name
+        *TINY,
+        "augment=baseline,madao",
+        "seed=0,1",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    subprocess.run(command, check=True, cwd=tmp_path, env=env, capture_output=True, timeout=600)
+    runs, problems = collect([sweep_dir])
+    assert problems == []
+    assert len(runs) == 4
+    table, duplicates = summarize(runs)
+    assert duplicates == []
+    assert table.columns == ["Baseline", "MADAO"]
+    for column in table.columns:
+        cell = table.cells[(("digits", "cnn"), column)]
+        assert cell.n == 2 and sorted(cell.seeds) == [0, 1]
+        expected = [100 * json.loads(p.read_text())["test_error"] for p in cell.paths]
+        assert cell.values == pytest.approx(expected)
