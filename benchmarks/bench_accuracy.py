@@ -19,7 +19,8 @@ go ``sweep_inner_steps.png``, ``sweep_warmup.png`` and ``madao_policy_evolution.
 ``madao_policy_parameters.png`` (copied from the first MADAO seed's run).
 
 Run: ``python -m benchmarks.bench_accuracy`` (about an hour on 2 CPU cores). ``--list`` prints the
-plan; ``--epochs`` and ``--override KEY=VALUE`` shrink the jobs for a smoke test.
+plan; ``--no-run`` only rewrites the report from finished runs (e.g. after splitting the jobs over two
+processes with ``--jobs``); ``--epochs`` and ``--override KEY=VALUE`` shrink the jobs for a smoke test.
 """
 
 from __future__ import annotations
@@ -179,14 +180,48 @@ def load_finished(job: Job, runs_dir: Path, verbose: bool = False) -> dict[str, 
     return results
 
 
+RUN_CONDITIONS = "bench_conditions.json"
+
+
 def run_job(job: Job, runs_dir: Path) -> dict[str, Any]:
-    """Train the job from scratch in ``runs_dir/job.name`` (an older partial run there is removed)."""
+    """Train the job from scratch in ``runs_dir/job.name`` (an older partial run there is removed).
+
+    Beside ``results.json`` goes ``bench_conditions.json``: torch threads and load averages, which
+    the report needs when it is written later by another process.
+    """
     from madao_pl.run import train
 
     out = runs_dir / job.name
     if out.exists():
         shutil.rmtree(out)
-    return train(compose_job(job.overrides, out))
+    load_before = os.getloadavg()
+    results = train(compose_job(job.overrides, out))
+    conditions = {
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15_before": list(load_before),
+        "load_average_1_5_15_after": list(os.getloadavg()),
+    }
+    (out / RUN_CONDITIONS).write_text(json.dumps(conditions, indent=2) + "\n")
+    return results
+
+
+def run_conditions(jobs: list[Job], outcome: Outcome, runs_dir: Path) -> dict[str, Any]:
+    """Torch threads used by the finished runs and their mean 1-minute load average (None: not recorded)."""
+    threads, loads = set(), []
+    for job in jobs:
+        path = runs_dir / job.name / RUN_CONDITIONS
+        if job.name not in outcome.results:
+            continue
+        if not path.is_file():
+            threads.add(None)
+            continue
+        recorded = json.loads(path.read_text())
+        threads.add(recorded.get("torch_threads"))
+        loads += [recorded["load_average_1_5_15_before"][0], recorded["load_average_1_5_15_after"][0]]
+    return {
+        "torch_threads": sorted(threads, key=lambda t: (t is None, t or 0)),
+        "mean_load_average_1min": statistics.fmean(loads) if loads else None,
+    }
 
 
 def run_plan(jobs: list[Job], runs_dir: Path, selected: set[str], force: bool, on_progress: Any) -> Outcome:
@@ -292,7 +327,6 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -367,7 +401,16 @@ def write_report(
     started: float,
     plots: bool,
 ) -> dict[str, Any]:
-    """Write ``out`` (atomically) from every finished run; with ``plots`` also the PNGs beside it."""
+    """Write ``out`` (atomically) from every finished run; with ``plots`` also the PNGs beside it.
+
+    Runs finished meanwhile by another process on the same ``runs_dir`` (e.g. the seeds split over
+    two processes with ``--jobs``) are read from disk first, so each write covers all of them.
+    """
+    for job in jobs:
+        if job.reuse is None and job.name not in outcome.results and job.name not in outcome.failures:
+            finished = load_finished(job, runs_dir)
+            if finished is not None:
+                outcome.results[job.name] = finished
     summary = aggregate(jobs, outcome)
     settings = settings_of(jobs, runs_dir, seeds, extra)
     expected = {job.name for job in jobs if job.reuse is None}
@@ -376,16 +419,18 @@ def write_report(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.bench_accuracy " + shlex.join(sys.argv[1:]),
         "machine": machine_info(),
+        "runs": run_conditions(jobs, outcome, runs_dir),
         "device": sorted({r.get("device", "?") for r in outcome.results.values()}),
         "settings": settings,
         **summary,
         "complete": expected <= set(outcome.results),
         "failures": outcome.failures,
+        "fit_seconds_all_runs": sum(r.get("fit_seconds") or 0.0 for r in outcome.results.values()),
         "ran_this_time": outcome.ran,
         "wall_seconds_this_time": time.perf_counter() - started,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # one per process: concurrent writers never clash
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out)
     if plots:
@@ -435,6 +480,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="rerun jobs that already have results.json")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    parser.add_argument(
+        "--no-run",
+        action="store_true",
+        help="train nothing: write the report from the runs already finished (say why others are not used)",
+    )
     return parser.parse_args(argv)
 
 
@@ -462,6 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.perf_counter()
+    if args.no_run:
+        for job in runnable:
+            if load_finished(job, runs_dir, verbose=True) is None:
+                if not (runs_dir / job.name).exists():
+                    print(f"{job.name}: not run yet", flush=True)
+                elif not (runs_dir / job.name / "results.json").exists():
+                    print(f"{job.name}: no results.json yet (running, or interrupted)", flush=True)
+        selected = set()
 
     def progress(outcome: Outcome) -> None:
         write_report(args.out, jobs, outcome, runs_dir, args.seeds, extra, started, plots=False)

@@ -52,6 +52,8 @@ def fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
+        if value != 0 and abs(value) < 10**-digits:
+            return f"{value:.2e}"  # a small relative difference must not print as 0.0000
         return f"{value:.{digits}f}"
     return str(value)
 
@@ -75,7 +77,8 @@ def provenance(report: dict[str, Any], name: str) -> str:
     machine = report.get("machine", {})
     parts = []
     if machine.get("cpu_count") is not None:
-        parts.append(f"{machine['cpu_count']} CPU cores ({machine.get('processor', '?')})")
+        cpu = machine.get("processor") or machine.get("cpu", "?")
+        parts.append(f"{machine['cpu_count']} CPU cores ({cpu})")
     if machine.get("cuda"):
         parts.append(f"GPU {machine['cuda']}")
     if machine.get("platform"):
@@ -142,41 +145,153 @@ def policy_section(report: dict[str, Any] | None) -> str:
 # --- cost.json -----------------------------------------------------------------------------------
 
 
+def _median(values: Any) -> float | None:
+    """Median of a list of numbers (None for an empty or missing list)."""
+    values = sorted(v for v in (values or []) if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _spread_cell(row: dict[str, Any], prefix: str) -> str:
+    """'median [min, max]' of ``<prefix>_{median,min,max}`` in ``row``."""
+    median = row.get(f"{prefix}_median")
+    if median is None:
+        return "—"
+    low, high = row.get(f"{prefix}_min"), row.get(f"{prefix}_max")
+    return (
+        f"{median:.2f} [{fmt(low)}, {fmt(high)}]" if low is not None and high is not None else f"{median:.2f}"
+    )
+
+
 def cost_section(report: dict[str, Any] | None) -> str:
-    """MADAO's time and memory against training without it: per setting, then the hyper-step breakdown."""
+    """MADAO's time and memory against RandAugment and no augmentation (bench_cost.py's layout).
+
+    An unknown layout is shown as a flat key/value table rather than dropped.
+    """
     out = ["## Cost of MADAO: time and memory (`results/cost.json`)", ""]
     if report is None:
         return "\n".join([*out, f"Not run yet: `{COMMANDS['cost']}` (or `make bench-quick`).", ""])
-    out += [provenance(report, "cost"), ""]
-    if report.get("description") or report.get("benchmark"):
-        out += [str(report.get("description") or report.get("benchmark")), ""]
-    results = report.get("results", {})
-    settings = {name: r for name, r in results.items() if isinstance(r, dict)}
-    if settings:
-        keys = sorted({k for r in settings.values() for k, v in r.items() if not isinstance(v, dict | list)})
-        out += [
-            table(
-                ["setting", *keys],
-                [[name, *(fmt(r.get(k), 3) for k in keys)] for name, r in settings.items()],
-            )
-        ]
-        out.append("")
-        for name, r in settings.items():
-            for key, value in r.items():
-                if isinstance(value, dict):
-                    rows = [[k, fmt(v, 4)] for k, v in flat_scalars(value)]
-                    out += [f"{name}, `{key}`:", "", table(["part", "value"], rows), ""]
-    rest = {
-        k: v for k, v in report.items() if k not in ("results", "machine", "date", "command", "description")
+    machine = report.get("machine", {})
+    stamp = {
+        "date": report.get("date", machine.get("date")),
+        "command": report.get("command", machine.get("command")),
     }
-    scalars = [(k, v) for k, v in flat_scalars(rest) if k and k != "benchmark"]
-    if scalars:
+    device = machine.get("device_name") or machine.get("device") or "?"
+    load = machine.get("load_average_1_5_15_before", [None])[0]
+    out += [
+        provenance({**report, **{k: v for k, v in stamp.items() if v}}, "cost")
+        + f" Device: {device}; torch threads: {fmt(machine.get('torch_threads'))}; 1-minute load average "
+        f"before: {fmt(load, 1)}.",
+        "",
+    ]
+    if "time_s" not in report:
+        rest = {k: v for k, v in report.items() if k not in ("machine", "date", "command")}
+        rows = [[f"`{k}`", fmt(v, 4)] for k, v in flat_scalars(rest)]
+        return "\n".join([*out, "Recorded values:", "", table(["key", "value"], rows), ""])
+    settings = report.get("settings", {})
+    variants = settings.get("variants", {})
+    quick = " (quick mode)" if settings.get("quick") else ""
+    title = str(report.get("benchmark", "cost of MADAO"))
+    out += [
+        f"{title[:1].upper() + title[1:]}. {settings.get('rounds', '?')} timed rounds of "
+        f"{settings.get('inner_steps_per_round', '?')} inner steps per case, "
+        f"{settings.get('memory_reps', '?')} memory repetition(s){quick}; J = "
+        f"{settings.get('neumann_steps', '?')}, alpha = {settings.get('neumann_alpha', '?')}. Hyper-step "
+        "variants: "
+        + ", ".join(
+            f"`{n}` (neumann_tol {v['neumann_tol']}, hyper_chunks {v['hyper_chunks']})"
+            for n, v in variants.items()
+        )
+        + ". MADAO's step time is amortised over a cycle of s steps: ((s - 1) inner + 1 hyper) / s.",
+        "",
+        "Seconds per step (hyper cases: per hyper step, optimiser steps included):",
+        "",
+        table(
+            ["case", "median s", "min s", "max s"],
+            [
+                [f"`{c}`", fmt(r.get("s_median"), 3), fmt(r.get("s_min"), 3), fmt(r.get("s_max"), 3)]
+                for c, r in report["time_s"].items()
+            ],
+        ),
+        "",
+    ]
+    rows = []
+    for s in settings.get("s_values", [10, 30, 50]):
+        block = report.get(f"s{s}", {})
+        for name in variants:
+            row = block.get(name)
+            if row is None:
+                continue
+            memory = _spread_cell(row, "total_peak_memory_ratio")
+            live = _spread_cell(row, "total_peak_memory_ratio_live")
+            cuda = _spread_cell(row, "cuda_peak_memory_ratio")
+            rows.append(
+                [
+                    str(s),
+                    f"`{name}`",
+                    _spread_cell(row, "time_ratio"),
+                    _spread_cell(row, "time_ratio_vs_baseline"),
+                    fmt(row.get("amortised_step_s_median"), 3),
+                    memory,
+                    _spread_cell(row, "above_setup_peak_memory_ratio"),
+                    live,
+                    cuda,
+                ]
+            )
+    header = ["s", "variant", "time / RandAugment", "time / baseline", "MADAO s/step", "peak RSS / RA",
+              "peak above setup / RA", "live peak RSS / RA", "CUDA peak / RA"]  # fmt: skip
+    out += [
+        "MADAO over RandAugment (and over no augmentation), median [min, max] over rounds or repetitions:",
+        "",
+        table(header, rows),
+        "",
+    ]
+    ra = report.get("s30", {}).get("randaugment_over_baseline_time_ratio_median")
+    if ra is not None:
+        out += [f"RandAugment / baseline step time (median): {ra:.2f}.", ""]
+
+    breakdown = report.get("hyper_step_breakdown_s", {})
+    if breakdown:
+        names = list(breakdown)
+        sections = list(dict.fromkeys(k for b in breakdown.values() for k in b))
+        rows = [[f"`{sec}`", *(fmt(breakdown[n].get(sec), 3) for n in names)] for sec in sections]
+        hvps = report.get("hvps_per_hyper_step", {})
+        rows.append(["HVPs per hyper step (median)", *(fmt(_median(hvps.get(n)), 1) for n in names)])
+        out += ["Hyper-step breakdown, median seconds per section:", "", table(["section", *names], rows), ""]
+    comparisons = report.get("hypergrad_vs_plain", {})
+    if comparisons:
+        rows = [
+            [
+                f"`{n}`",
+                fmt(c.get("rel_diff_max"), 6),
+                fmt(c.get("cosine_min"), 6),
+                fmt(c.get("network_grad_rel_diff_max"), 6),
+            ]
+            for n, c in comparisons.items()
+        ]
         out += [
-            "Other recorded values:",
+            "Hypergradient of each variant against the plain one (same state, same draws):",
             "",
-            table(["key", "value"], [[f"`{k}`", fmt(v, 4)] for k, v in scalars]),
+            table(
+                ["variant", "max relative difference", "min cosine", "network gradient max rel. diff."], rows
+            ),
             "",
         ]
+    targets = report.get("targets", {})
+    if targets:
+        rows = []
+        for name, t in targets.items():
+            if "measured" not in t:
+                rows.append([f"`{name}`", ", ".join(f"{k} {fmt(v)}" for k, v in t.items()), "", ""])
+                continue
+            bound = t.get("target_at_most", t.get("target_below"))
+            relation = "<=" if "target_at_most" in t else "<"
+            rows.append(
+                [f"`{name}`", fmt(t["measured"], 4), f"{relation} {fmt(bound, 4)}", fmt(t.get("met"))]
+            )
+        out += ["Targets:", "", table(["target", "measured", "goal", "met"], rows), ""]
     return "\n".join(out)
 
 
@@ -246,8 +361,13 @@ def accuracy_section(report: dict[str, Any] | None, results_dir: Path, readme_di
     shared = (s["inner_steps"], s["warmup_epochs"], s["temperature"]) == PAPER_SHARED
     paper = " (the paper's shared settings, Table 6)" if shared else " (not the paper's s = 30, w = 20)"
     devices = ", ".join(report.get("device", [])) or "?"
+    runs = report.get("runs", {})
+    threads = ", ".join("not recorded" if t is None else str(t) for t in runs.get("torch_threads", [])) or "?"
+    load = runs.get("mean_load_average_1min")
     out += [
-        provenance(report, "accuracy") + f" Device: {devices}.",
+        provenance(report, "accuracy")
+        + f" Device: {devices}; torch threads per run: {threads}; mean 1-minute load average around the "
+        f"runs: {fmt(load, 1)}.",
         "",
         f"Every run: {s['dataset']}, model `{s['model']}`, {s['epochs']} epochs, batch {s['batch_size']}, "
         "the data set's standard crop; MADAO with s = "
@@ -304,8 +424,8 @@ def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) ->
         "",
         "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`; do not edit by hand.",
         "`make bench` runs every benchmark and regenerates this page (`python -m benchmarks.run_all`, "
-        "about 75 minutes on 2 CPU cores); `make bench-quick` runs the cost benchmark alone. Each section "
-        "names the command, machine and date of its numbers.",
+        "over an hour on 2 CPU cores, mostly the accuracy benchmark); `make bench-quick` runs the cost "
+        "benchmark alone. Each section names the command, machine and date of its numbers.",
         "",
         "| file | benchmark | command |",
         "|---|---|---|",

@@ -1,7 +1,7 @@
 """Run the benchmarks, each in its own process, then regenerate ``benchmarks/README.md``.
 
-- full (``make bench``): policy speed, MADAO's cost, test error on digits (about 75 minutes on
-  2 CPU cores, the accuracy benchmark about 60 of them);
+- full (``make bench``): policy speed, MADAO's cost, test error on digits (over an hour on 2 CPU
+  cores, mostly the accuracy benchmark: 22 digits fits of 2 to 10 minutes each);
 - ``--quick`` (``make bench-quick``): the cost benchmark with ``--quick`` alone.
 
 Each benchmark writes ``benchmarks/results/<name>.json``; its output is shown and also kept in

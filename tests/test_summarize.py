@@ -325,7 +325,7 @@ def test_summarize_a_real_hydra_multirun(tmp_path: Path) -> None:
         f"hydra.sweep.dir={sweep_dir}",
         "hydra.sweep.subdir=${hydra.job.num}",  # TINY's many overrides would make too long a name
         *TINY,
-        "augment=baseline,madao",
+        "augment=baseline,randaugment",
         "seed=0,1",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -335,7 +335,7 @@ def test_summarize_a_real_hydra_multirun(tmp_path: Path) -> None:
     assert len(runs) == 4
     table, duplicates = summarize(runs)
     assert duplicates == []
-    assert table.columns == ["Baseline", "MADAO"]
+    assert table.columns == ["Baseline", "RandAugment"]
     for column in table.columns:
         cell = table.cells[(("digits", "cnn"), column)]
         assert cell.n == 2 and sorted(cell.seeds) == [0, 1]
