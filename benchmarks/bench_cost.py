@@ -10,7 +10,7 @@ MADAO with K = 2 stages, J = 5, alpha = 1e-3. Methods:
 - ``madao_inner``: a MADAO inner step (policy under ``no_grad``, hard draws);
 - ``plain``: the MADAO hyper step with ``neumann_tol = 0, hyper_chunks = 1`` (the full series, one graph);
 - ``fast``: the MADAO hyper step with the recommended settings (``--tol``, ``--chunks``, ``--recompute``;
-  defaults ``neumann_tol = 1e-4``, ``hyper_chunks = 1``, ``hyper_recompute = true``);
+  defaults ``neumann_tol = 1e-4``, ``hyper_chunks = 1``, ``hyper_recompute = false``);
 - ``fast_keep_graph`` / ``fast_recompute`` with ``--compare-recompute`` (default on, off for ``--quick``):
   ``fast`` with the other ``hyper_recompute`` setting;
 - ``fast_chunksC`` for every extra ``--extra-chunks C`` (default 4, none for ``--quick``): ``fast`` with
@@ -572,7 +572,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tol", type=float, default=1e-4, help="neumann_tol of the fast variant")
     parser.add_argument("--chunks", type=int, default=1, help="hyper_chunks of the fast variant")
     parser.add_argument(
-        "--recompute", action=argparse.BooleanOptionalAction, default=True, help="hyper_recompute of fast"
+        "--recompute", action=argparse.BooleanOptionalAction, default=False, help="hyper_recompute of fast"
     )
     parser.add_argument(
         "--compare-recompute",

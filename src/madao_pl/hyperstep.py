@@ -46,9 +46,10 @@ backward, exactly an inner step, and that forward is the only one that updates t
 statistics (the chunk forwards' updates are undone), so the network trains and the running statistics
 evolve exactly as in the plain path; only the second-order terms (the HVPs and the mixed derivative) use
 chunk statistics. That changes the hypergradient a lot on BatchNorm networks: on WRN-28-2 with batch 128
-it differs from the full-batch one by about 20 % (2 chunks) and 30 % (4 chunks) relative (cosine 0.99 and
-0.95), far more than the adaptive series (about 1e-5). So ``chunks > 1`` is not a default: it is for when the
-hyper step does not fit in memory otherwise (its live peak on WRN-28-2 is that of an inner step).
+(``benchmarks/bench_cost.py``) it differed from the full-batch one by 19 % relative with 2 chunks at
+initialisation, and by 32-76 % (cosine 0.95-0.72) with 4 chunks, against about 3e-5 for the adaptive series.
+So ``chunks > 1`` is no default: it is for a hyper step that does not fit in memory otherwise (its live
+peak on WRN-28-2 is that of an inner step).
 
 Randomness: the policy draws come from ``generator`` (default ``policy.generator``, else torch's global
 generator) and Cutout from torch's global generator, in the same order as ``MADAOModule.augment``
