@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
@@ -226,21 +226,31 @@ class ImageDataModule(pl.LightningDataModule):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     _num_classes: int = 0
+    # What `None` means for root, batch_size, val_fraction and image_size: subclasses change these
+    # instead of repeating the constructor.
+    default_root: ClassVar[str] = "data"
+    default_batch_size: ClassVar[int] = 128
+    default_val_fraction: ClassVar[float] = 0.1
+    default_image_size: ClassVar[int] = 32
 
     def __init__(
         self,
-        root: str = "data",
-        batch_size: int = 128,
+        root: str | None = None,
+        batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        val_fraction: float = 0.1,
+        val_fraction: float | None = None,
         seed: int = 0,
         download: bool = False,
-        image_size: int = 32,
+        image_size: int | None = None,
         pin_memory: bool = False,
         limit_train: int | None = None,
     ) -> None:
         super().__init__()
+        root = self.default_root if root is None else root
+        batch_size = self.default_batch_size if batch_size is None else batch_size
+        val_fraction = self.default_val_fraction if val_fraction is None else val_fraction
+        image_size = self.default_image_size if image_size is None else image_size
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval={eval_batch_size}")
         if not 0.0 < val_fraction < 1.0:
@@ -249,8 +259,7 @@ class ImageDataModule(pl.LightningDataModule):
             )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if image_size < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+        self._check_image_size(int(image_size))
         if limit_train is not None and limit_train < 2:
             raise ValueError(f"limit_train must be None or >= 2, got {limit_train}")
         self.root = os.path.expanduser(str(root))
@@ -270,6 +279,11 @@ class ImageDataModule(pl.LightningDataModule):
         self._hyper_set: TransformedSubset | None = None
         self._test_set: TransformedSubset | None = None
         self._hyper_loaders: dict[tuple[int, int] | None, DataLoader] = {}
+
+    def _check_image_size(self, image_size: int) -> None:
+        """Refuse an image size this data set cannot be used at (subclasses narrow it)."""
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
 
     # ---------------------------------------------------------------- what subclasses provide
     @property

@@ -65,34 +65,12 @@ class DigitsDataModule(ImageDataModule):
     std = (0.32354, 0.32354, 0.32354)
     _num_classes = 10
 
-    def __init__(
-        self,
-        root: str = "data",
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        download: bool = False,
-        image_size: int = 32,
-        pin_memory: bool = False,
-        limit_train: int | None = None,
-    ) -> None:
+    default_batch_size = 64
+    _tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _check_image_size(self, image_size: int) -> None:
         if image_size < 8:
             raise ValueError(f"digits are 8x8; image_size must be >= 8, got {image_size}")
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            download=download,
-            image_size=image_size,
-            pin_memory=pin_memory,
-            limit_train=limit_train,
-        )
-        self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _all(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._tensors is None:

@@ -36,6 +36,8 @@ class _ImageFolderDataModule(ImageDataModule):
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
     layout_hint = ""
+    default_batch_size = 64
+    default_image_size = 224
 
     def __init__(self, *, test_fraction: float = 0.2, test_split_seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -148,36 +150,8 @@ class FolderDataModule(_ImageFolderDataModule):
         "<test_root>/<class name>/<image file>) and set dataset.root (and dataset.test_root)."
     )
 
-    def __init__(
-        self,
-        root: str = "data",
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        download: bool = False,
-        image_size: int = 224,
-        pin_memory: bool = False,
-        limit_train: int | None = None,
-        test_root: str | None = None,
-        test_fraction: float = 0.2,
-        test_split_seed: int = 0,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            download=download,
-            image_size=image_size,
-            pin_memory=pin_memory,
-            limit_train=limit_train,
-            test_fraction=test_fraction,
-            test_split_seed=test_split_seed,
-        )
+    def __init__(self, root: str | None = None, test_root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(root=root, **kwargs)
         self.test_root = None if test_root is None else os.path.expanduser(str(test_root))
 
     @property
@@ -205,31 +179,9 @@ class ImageNetDataModule(_ImageFolderDataModule):
         "<root>/val/<wnid>/*.JPEG (validation images sorted into class folders) and set dataset.root."
     )
 
-    def __init__(
-        self,
-        root: str = "data/imagenet",
-        batch_size: int = 256,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.01,
-        seed: int = 0,
-        download: bool = False,
-        image_size: int = 224,
-        pin_memory: bool = False,
-        limit_train: int | None = None,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            download=download,
-            image_size=image_size,
-            pin_memory=pin_memory,
-            limit_train=limit_train,
-        )
+    default_root = "data/imagenet"
+    default_batch_size = 256
+    default_val_fraction = 0.01
 
     @property
     def train_dir(self) -> str:

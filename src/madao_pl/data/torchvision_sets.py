@@ -82,36 +82,12 @@ class _NativeSizeDataModule(TorchvisionDataModule):
     native_size: ClassVar[int] = 32
     flip: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        root: str = "data",
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        download: bool = False,
-        image_size: int = 32,
-        pin_memory: bool = False,
-        limit_train: int | None = None,
-    ) -> None:
+    def _check_image_size(self, image_size: int) -> None:
         if image_size != self.native_size:
             raise ValueError(
                 f"{self.dataset_name} images are {self.native_size}x{self.native_size}; "
                 f"set dataset.image_size={self.native_size} (got {image_size})"
             )
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            download=download,
-            image_size=image_size,
-            pin_memory=pin_memory,
-            limit_train=limit_train,
-        )
 
     def transforms(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         """Train: ``RandomCrop(32, padding=4)`` (+ flip); eval: conversion to float only."""
@@ -177,31 +153,8 @@ class _FineGrainedDataModule(TorchvisionDataModule):
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
 
-    def __init__(
-        self,
-        root: str = "data",
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        download: bool = False,
-        image_size: int = 224,
-        pin_memory: bool = False,
-        limit_train: int | None = None,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            download=download,
-            image_size=image_size,
-            pin_memory=pin_memory,
-            limit_train=limit_train,
-        )
+    default_batch_size = 64
+    default_image_size = 224
 
     def transforms(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         """Train: ``RandomResizedCrop`` + flip; eval: ``Resize(image_size * 256 / 224)`` + centre crop."""
