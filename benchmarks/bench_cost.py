@@ -65,8 +65,10 @@ Output layout (``--out``, JSON)::
     targets        the issue's targets at s = 30 and whether the measured medians meet them
 
 Run: ``python -m benchmarks.bench_cost --out benchmarks/results/cost.json [--quick] [--device cpu|cuda]``.
-``--quick`` (for ``make bench-quick``): 3 rounds of 2 inner steps, the plain hyper step in the first
-round only, one memory repetition, no live-memory probes, only the plain and fast variants.
+Full (``make bench``): 3 rounds of 3 inner steps, the plain hyper step in the first 2 rounds, 3 memory
+repetitions with and without the live-memory setting, every variant. ``--quick`` (for ``make bench-quick``):
+3 rounds of 2 inner steps, the plain hyper step in the first round only, one memory repetition, no
+live-memory probes, only the plain and fast variants. Memory probes run two at a time on a CPU with 2+ cores.
 """
 
 from __future__ import annotations
@@ -363,50 +365,58 @@ def measure_memory(
     args: argparse.Namespace, device: torch.device, live: bool = False
 ) -> dict[str, dict[str, list[float]]]:
     """Every method in its own subprocess, ``args.memory_reps`` times (methods interleaved); ``live`` runs the
-    subprocesses with :data:`LIVE_MEMORY_ENV`."""
+    subprocesses with :data:`LIVE_MEMORY_ENV`. ``args.memory_parallel`` probes run at once: a process's
+    peak RSS (or its own CUDA allocations) does not depend on what the other cores do."""
     methods = ["baseline", "randaugment", *variants(args)]
     memory: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     env = {**os.environ, **(LIVE_MEMORY_ENV if live else {})}
-    for rep in range(args.memory_reps):
-        for method in methods:
-            command = [
-                sys.executable,
-                "-m",
-                "benchmarks.bench_cost",
-                "--probe",
-                method,
-                "--device",
-                device.type,
-                "--threads",
-                str(args.threads),
-                "--tol",
-                str(args.tol),
-                "--chunks",
-                str(args.chunks),
-                "--recompute" if args.recompute else "--no-recompute",
-                "--compare-recompute" if args.compare_recompute else "--no-compare-recompute",
-                "--seed",
-                str(args.seed),
-                "--depth",
-                str(args.depth),
-                "--width",
-                str(args.width),
-                "--batch",
-                str(args.batch),
-                "--extra-chunks",
-                *[str(c) for c in args.extra_chunks],
-            ]
-            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"memory probe {method} failed:\n{done.stderr[-4000:]}")
-            values = json.loads(done.stdout.strip().splitlines()[-1])
-            for key, value in values.items():
-                memory[method].setdefault(key, []).append(value)
-            print(
-                f"memory{' (live)' if live else ''} {rep + 1}/{args.memory_reps} {method}: "
-                f"peak RSS {values['peak_rss']:.0f} MiB (setup {values['setup_rss']:.0f})",
-                flush=True,
+    options = [
+        "--device",
+        device.type,
+        "--threads",
+        str(args.threads),
+        "--tol",
+        str(args.tol),
+        "--chunks",
+        str(args.chunks),
+        "--recompute" if args.recompute else "--no-recompute",
+        "--compare-recompute" if args.compare_recompute else "--no-compare-recompute",
+        "--seed",
+        str(args.seed),
+        "--depth",
+        str(args.depth),
+        "--width",
+        str(args.width),
+        "--batch",
+        str(args.batch),
+        "--extra-chunks",
+        *[str(c) for c in args.extra_chunks],
+    ]
+    queue = [(rep, method) for rep in range(args.memory_reps) for method in methods]
+    running: list[tuple[int, str, subprocess.Popen]] = []
+
+    def collect(rep: int, method: str, process: subprocess.Popen) -> None:
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"memory probe {method} failed:\n{stderr[-4000:]}")
+        values = json.loads(stdout.strip().splitlines()[-1])
+        for key, value in values.items():
+            memory[method].setdefault(key, []).append(value)
+        print(
+            f"memory{' (live)' if live else ''} {rep + 1}/{args.memory_reps} {method}: "
+            f"peak RSS {values['peak_rss']:.0f} MiB (setup {values['setup_rss']:.0f})",
+            flush=True,
+        )
+
+    while queue or running:
+        while queue and len(running) < max(1, args.memory_parallel):
+            rep, method = queue.pop(0)
+            command = [sys.executable, "-m", "benchmarks.bench_cost", "--probe", method, *options]
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
+            running.append((rep, method, process))
+        collect(*running.pop(0))
     return memory
 
 
@@ -561,12 +571,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, quick 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3)")
     parser.add_argument(
-        "--inner-steps", type=int, default=None, help="inner steps per case per round (5 / 2)"
+        "--inner-steps", type=int, default=None, help="inner steps per case per round (3, quick 2)"
     )
     parser.add_argument(
-        "--plain-rounds", type=int, default=None, help="rounds with a plain hyper step (all / 1)"
+        "--plain-rounds", type=int, default=None, help="rounds with a plain hyper step (default 2, quick 1)"
     )
     parser.add_argument("--memory-reps", type=int, default=None, help="memory repetitions (3 / 1)")
     parser.add_argument("--tol", type=float, default=1e-4, help="neumann_tol of the fast variant")
@@ -593,13 +603,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=28, help="WRN depth (28; smaller only to smoke-test)")
     parser.add_argument("--width", type=int, default=2, help="WRN widen factor (2)")
     parser.add_argument("--batch", type=int, default=BATCH, help="batch size (128)")
+    parser.add_argument(
+        "--memory-parallel",
+        type=int,
+        default=None,
+        help="memory probes run at once (default: 2 on a CPU with 2+ cores, 1 on CUDA)",
+    )
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
-    args.rounds = args.rounds or (3 if quick else 5)
-    args.inner_steps = args.inner_steps or (2 if quick else 5)
-    args.plain_rounds = args.plain_rounds if args.plain_rounds is not None else (1 if quick else args.rounds)
+    args.rounds = args.rounds or 3
+    args.inner_steps = args.inner_steps or (2 if quick else 3)
+    args.plain_rounds = args.plain_rounds if args.plain_rounds is not None else (1 if quick else 2)
     args.memory_reps = args.memory_reps or (1 if quick else 3)
+    if args.memory_parallel is None:
+        args.memory_parallel = 1 if args.device == "cuda" else min(2, os.cpu_count() or 1)
     if args.live_memory is None:
         args.live_memory = not quick
     if args.compare_recompute is None:

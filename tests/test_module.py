@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -56,13 +57,14 @@ def small_net(num_classes: int = 2) -> nn.Module:
     )
 
 
-def make_module(policy: nn.Module, inner_steps: int = 3, lr: float = 0.05) -> MADAOModule:
+def make_module(policy: nn.Module, inner_steps: int = 3, lr: float = 0.05, **kwargs: Any) -> MADAOModule:
     return MADAOModule(
         small_net(),
         policy,
         optimizer=partial(torch.optim.SGD, lr=lr, momentum=0.9),
         num_classes=2,
         inner_steps=inner_steps,
+        **kwargs,
     )
 
 
@@ -98,7 +100,7 @@ class StepRecorder(pl.Callback):
 def test_hyper_step_every_s_steps_after_warmup_only(tmp_path) -> None:
     torch.manual_seed(0)
     data = BrightnessData(n=192, batch_size=16)  # 6 steps an epoch
-    module = make_module(MADAOPolicy(), inner_steps=4)
+    module = make_module(MADAOPolicy(), inner_steps=4, neumann_tol=0.0)
     initial = torch.cat([p.detach().flatten() for p in module.policy.parameters()]).clone()
     recorder = StepRecorder()
     make_trainer(tmp_path, epochs=3, callbacks=[WarmupCallback(1), recorder]).fit(module, datamodule=data)
@@ -222,6 +224,27 @@ def test_history_callback_records_each_hyper_step(tmp_path) -> None:
     assert len(history.rows) == 5 * 2 * len(OP_NAMES)
     assert (tmp_path / "policy_evolution.png").stat().st_size > 0
     assert (tmp_path / "policy_parameters.png").stat().st_size > 0
+
+
+def test_history_plots_every_n_epochs_and_at_the_end(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import madao_pl.callbacks as callbacks_lib
+
+    drawn: list[int] = []
+    real = callbacks_lib.plot_policy_evolution
+
+    def counting(snapshots, path):
+        drawn.append(snapshots[-1][0])
+        real(snapshots, path)
+
+    monkeypatch.setattr(callbacks_lib, "plot_policy_evolution", counting)
+    data = BrightnessData(n=64, batch_size=16)
+    module = make_module(MADAOPolicy(), inner_steps=1)
+    history = PolicyHistoryCallback(output_dir=str(tmp_path), plot_every_n_epochs=2)
+    make_trainer(tmp_path, epochs=3, callbacks=[history]).fit(module, datamodule=data)
+    assert drawn == [2, 3]  # epoch 2, then the end of fit
+    assert len({row["hyper_step"] for row in history.rows}) == 7  # the CSV still records every step
+    with pytest.raises(ValueError, match="plot_every_n_epochs"):
+        PolicyHistoryCallback(plot_every_n_epochs=0)
 
 
 def test_module_without_hyper_loader_says_what_is_missing(tmp_path) -> None:

@@ -77,12 +77,21 @@ class PolicyHistoryCallback(pl.Callback):
             ``default_root_dir``).
         top_k: how many of the most selected ops per stage `policy_parameters.png` shows.
         log_every: log the per-op values to the loggers every this many hyper steps.
+        plot_every_n_epochs: redraw the two plots every this many epochs (each drawing takes a second or
+            two); the CSV is written every epoch and both plots always at the end of fit.
     """
 
-    def __init__(self, output_dir: str | None = None, top_k: int = 3, log_every: int = 1) -> None:
+    def __init__(
+        self, output_dir: str | None = None, top_k: int = 3, log_every: int = 1, plot_every_n_epochs: int = 1
+    ) -> None:
+        if int(plot_every_n_epochs) < 1:
+            raise ValueError(
+                f"callbacks.policy_history.plot_every_n_epochs must be >= 1, got {plot_every_n_epochs}"
+            )
         self.output_dir = output_dir
         self.top_k = top_k
         self.log_every = max(1, int(log_every))
+        self.plot_every_n_epochs = int(plot_every_n_epochs)
         self.rows: list[dict[str, Any]] = []
         self.epoch_snapshots: list[tuple[int, list[dict[str, dict[str, float | None]]]]] = []
         self._seen_hyper_steps = -1
@@ -133,20 +142,21 @@ class PolicyHistoryCallback(pl.Callback):
             return
         self.epoch_snapshots.append((trainer.current_epoch + 1, policy_snapshot(pl_module.policy)))
         if trainer.is_global_zero:
-            self.write(trainer)
+            self.write(trainer, plots=(trainer.current_epoch + 1) % self.plot_every_n_epochs == 0)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if pl_module.learns_policy and trainer.is_global_zero:
             self.write(trainer, final=True)
 
-    def write(self, trainer: pl.Trainer, final: bool = False) -> None:
-        """Write the CSV and both plots; with W&B also log the plots as images."""
+    def write(self, trainer: pl.Trainer, final: bool = False, plots: bool = True) -> None:
+        """Write the CSV and (unless ``plots`` is false) both plots; at the end of fit (``final``) with W&B
+        also log the plots as images."""
         out = self._dir(trainer)
         with open(out / "policy_history.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
-        if not self.epoch_snapshots:
+        if not self.epoch_snapshots or not (plots or final):
             return
         evolution = out / "policy_evolution.png"
         parameters = out / "policy_parameters.png"

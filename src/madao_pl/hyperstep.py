@@ -228,6 +228,57 @@ class _HessianOperator(torch.autograd.Function):
         return (None, None, *ctx.hvp(tuple(vector)))
 
 
+class _RandomState:
+    """The random-generator states the augmentation draws from, saved to replay its draws exactly.
+
+    The policy draws from ``generator`` (or torch's global generator of the batch's device when it is
+    ``None``) and Cutout from torch's global generator of the batch's device; saving those states before
+    the augmentation and restoring them lets :meth:`rerun` rebuild the very same augmented batch (same
+    draws, bit-identical images) with its graph to the policy, so the graph need not stay alive in between.
+    :meth:`rerun` puts every generator back where it was before the replay, so the random streams after the
+    hyper step are those of a single augmentation. Supported on CPU and CUDA batches (``supported``).
+    """
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device) -> None:
+        self.generator = generator
+        self.device = device
+        self.supported = device.type in ("cpu", "cuda")
+        self.saved = self._get() if self.supported else None
+
+    def _get(self) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        return (
+            self.generator.get_state() if self.generator is not None else None,
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        )
+
+    def _set(self, state: tuple[Tensor | None, Tensor, Tensor | None]) -> None:
+        own, cpu, cuda = state
+        if self.generator is not None and own is not None:
+            self.generator.set_state(own)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
+
+    def rerun(self, augment: Callable[[], Tensor], expected: Tensor) -> Tensor:
+        """``augment()`` with the saved draws; checks it reproduces ``expected`` bit for bit (one host sync)."""
+        if self.saved is None:
+            raise RuntimeError("internal error: no random state saved to replay the augmentation.")
+        now = self._get()
+        self._set(self.saved)
+        try:
+            augmented = augment()
+        finally:
+            self._set(now)
+        if not torch.equal(augmented.detach(), expected.detach()):
+            raise RuntimeError(
+                "replaying the augmentation with the same random draws gave different images, so the "
+                "hypergradient would be taken at the wrong point: the policy or Cutout is not deterministic "
+                "on this device; set augment.hyper_recompute=false (keeps the augmentation graph instead)."
+            )
+        return augmented
+
+
 class _BufferSnapshot:
     """Copies of every buffer of a module (BatchNorm running statistics and counters), to restore later."""
 
@@ -484,12 +535,16 @@ def hyper_step(
 
         return run
 
+    recompute = recompute or chunks > 1
+    replay = _RandomState(generator if generator is not None else policy.generator, images.device)
     with section("augmented_forward"):
-        augmented = augment_for_hyper_step(
+        augmented: Tensor | None = augment_for_hyper_step(
             policy, images, normalize=normalize, cutout_size=cutout_size, generator=generator
         )
         inputs = augmented.detach().requires_grad_(True)
-    if chunks == 1 and not recompute:
+    if recompute and replay.supported:
+        augmented = None
+    if not recompute:
         pieces = _whole_batch(net, inputs, labels, params, section)
     else:
         pieces = _chunked(net, inputs, labels, params, chunks, section)
@@ -508,8 +563,17 @@ def hyper_step(
                 raise RuntimeError(
                     f"internal error: {performed['hvps']} HVPs performed but {info.hvps} reported."
                 )
+            del val_grads
             with section("mixed_derivative"):
                 input_product = pieces.mixed(solution)
+                del solution
+                if augmented is None:
+                    augmented = replay.rerun(
+                        lambda: augment_for_hyper_step(
+                            policy, images, normalize=normalize, cutout_size=cutout_size, generator=generator
+                        ),
+                        inputs,
+                    )
                 products = torch.autograd.grad(
                     augmented, hparams, grad_outputs=input_product, allow_unused=True
                 )

@@ -26,7 +26,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from madao_pl.augment.ops import cutout
 from madao_pl.augment.policy import Policy
-from madao_pl.hypergrad import HypergradInfo, implicit_hypergradient
+from madao_pl.hypergrad import METHODS
+from madao_pl.hyperstep import hyper_step
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -61,7 +62,12 @@ class MADAOModule(pl.LightningModule):
         neumann_steps: J, terms of the Neumann series.
         neumann_alpha: alpha of the Neumann series.
         hypergrad_method: "neumann", "cg" or "exact" (see `madao_pl.hypergrad`).
-        neumann_tol: relative tolerance of the adaptive Neumann series (0 = all J terms).
+        neumann_tol: relative tolerance of the adaptive Neumann series (0 = all J terms); the
+            default 1e-4 keeps the sum within 1e-3 of the full J-term series (``madao_pl.hyperstep``).
+        hyper_chunks: split the hyper step's second-order terms over this many chunks of the batch
+            (memory-bounded; per-chunk BatchNorm statistics there, see ``madao_pl.hyperstep``); 1 = off.
+        hyper_recompute: rebuild the double-backward graph for each product instead of keeping it
+            (exact, less memory, more time).
     """
 
     def __init__(
@@ -80,11 +86,20 @@ class MADAOModule(pl.LightningModule):
         neumann_steps: int = 5,
         neumann_alpha: float = 1e-3,
         hypergrad_method: str = "neumann",
-        neumann_tol: float = 0.0,
+        neumann_tol: float = 1e-4,
+        hyper_chunks: int = 1,
+        hyper_recompute: bool = False,
     ) -> None:
         super().__init__()
         validate_hyper_settings(
-            inner_steps=inner_steps, neumann_steps=neumann_steps, neumann_alpha=neumann_alpha, cutout=cutout
+            inner_steps=inner_steps,
+            neumann_steps=neumann_steps,
+            neumann_alpha=neumann_alpha,
+            cutout=cutout,
+            method=hypergrad_method,
+            neumann_tol=neumann_tol,
+            hyper_chunks=hyper_chunks,
+            hyper_recompute=hyper_recompute,
         )
         for module in net.modules():
             if isinstance(module, nn.SyncBatchNorm):
@@ -105,6 +120,8 @@ class MADAOModule(pl.LightningModule):
         self.neumann_alpha = float(neumann_alpha)
         self.hypergrad_method = hypergrad_method
         self.neumann_tol = float(neumann_tol)
+        self.hyper_chunks = int(hyper_chunks)
+        self.hyper_recompute = bool(hyper_recompute)
         self.register_buffer(
             "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
@@ -167,9 +184,6 @@ class MADAOModule(pl.LightningModule):
             images = cutout(images, self.cutout_size)
         return images
 
-    def _train_loss(self, images: Tensor, labels: Tensor) -> Tensor:
-        return F.cross_entropy(self.net(self.normalize(self.augment(images))), labels)
-
     # ------------------------------------------------------------------ training
     def is_hyper_step(self) -> bool:
         """True when the coming training step must be a hyper step."""
@@ -195,34 +209,39 @@ class MADAOModule(pl.LightningModule):
         return loss.detach()
 
     def _hyper_step(self, images: Tensor, labels: Tensor, net_opt: Any) -> Tensor:
-        """One hyper step fused with the s-th inner step (DESIGN.md §5)."""
+        """One hyper step fused with the s-th inner step (DESIGN.md §5), by `madao_pl.hyperstep`.
+
+        The network step uses the same augmented batch and ``df/dtheta`` as the hypergradient. Both
+        gradients are averaged over DDP ranks here, each as one flat all-reduce: the hyper step takes
+        them with ``torch.autograd.grad``, which DDP's reducer does not see.
+        """
         params = self.network_parameters()
         hparams = self.policy_parameters()
-        loss = self._train_loss(images, labels)
-        train_grads = torch.autograd.grad(loss, params, create_graph=True)
         val_images, val_labels = self._next_hyper_batch()
-        val_loss, val_grads = self._validation_gradient(val_images, val_labels, params)
-        info = HypergradInfo()
-        hypergrad = implicit_hypergradient(
-            train_grads,
-            params,
-            hparams,
-            val_grads,
+        result = hyper_step(
+            self.net,
+            self.policy,
+            images,
+            labels,
+            val_images,
+            val_labels,
+            normalize=self.normalize,
+            cutout_size=self.cutout_size,
             alpha=self.neumann_alpha,
             steps=self.neumann_steps,
             method=self.hypergrad_method,
             tol=self.neumann_tol,
-            info=info,
+            chunks=self.hyper_chunks,
+            recompute=self.hyper_recompute,
         )
-        del train_grads
-        flat = _all_reduce_mean(torch.cat([g.reshape(-1) for g in hypergrad]))
+        network_grads = _all_reduce_mean(_flatten(result.network_grads))
+        flat = _all_reduce_mean(_flatten(result.hypergrad))
         finite = bool(torch.isfinite(flat).all())
-        # The network step goes through manual_backward so DDP averages it like any inner step.
         net_opt.zero_grad()
-        self.manual_backward(loss, inputs=params)
+        _set_grads(params, network_grads)
         net_opt.step()
         self.hyper_steps += 1
-        self.total_hvps += info.hvps
+        self.total_hvps += result.info.hvps
         self.last_hyper_step_global = self.global_step
         if finite:
             self._policy_step(hparams, flat)
@@ -237,45 +256,21 @@ class MADAOModule(pl.LightningModule):
                 stacklevel=2,
             )
         log = {
-            "hyper/val_loss": val_loss.detach(),
+            "hyper/val_loss": result.val_loss,
             "hyper/grad_norm": self.last_hypergrad_norm,
-            "hyper/hvps": float(info.hvps),
+            "hyper/hvps": float(result.info.hvps),
             "hyper/skipped": float(self.skipped_hyper_steps),
             "hyper/steps": float(self.hyper_steps),
             "policy/entropy": self.policy.entropy().detach(),
         }
         self.log_dict(log, on_step=True, on_epoch=False, batch_size=len(labels))
-        return loss.detach()
+        return result.train_loss
 
     def _policy_step(self, hparams: list[nn.Parameter], flat_grad: Tensor) -> None:
         policy_opt = self._policy_optimizer()
         policy_opt.zero_grad()
-        offset = 0
-        for p in hparams:
-            n = p.numel()
-            p.grad = flat_grad[offset : offset + n].view_as(p).to(p.dtype)
-            offset += n
+        _set_grads(hparams, flat_grad)
         policy_opt.step()
-
-    def _validation_gradient(
-        self, images: Tensor, labels: Tensor, params: list[nn.Parameter]
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """g and dg/dtheta on un-augmented held-out images, network in eval mode.
-
-        Eval mode makes BatchNorm use (and not update) its running statistics.
-        """
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.enable_grad():
-                val_loss = F.cross_entropy(self.net(self.normalize(images)), labels)
-                val_grads = torch.autograd.grad(val_loss, params, allow_unused=True)
-        finally:
-            self.net.train(was_training)
-        val_grads = tuple(
-            torch.zeros_like(p) if g is None else g for p, g in zip(params, val_grads, strict=True)
-        )
-        return val_loss, val_grads
 
     def on_train_epoch_start(self) -> None:
         # A fresh pass over the hyper-validation split each epoch: its order then depends only on
@@ -394,9 +389,25 @@ _COUNTERS = ("inner_step", "hyper_steps", "skipped_hyper_steps", "total_hvps")
 
 
 def validate_hyper_settings(
-    *, inner_steps: int, neumann_steps: int, neumann_alpha: float, cutout: int
+    *,
+    inner_steps: int,
+    neumann_steps: int,
+    neumann_alpha: float,
+    cutout: int,
+    method: str = "neumann",
+    neumann_tol: float = 0.0,
+    hyper_chunks: int = 1,
+    hyper_recompute: bool = False,
 ) -> None:
     """Refuse settings outside their valid range with a one-line message naming the key."""
+    if method not in METHODS:
+        raise ValueError(f"augment.method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not (math.isfinite(neumann_tol) and 0 <= neumann_tol < 1):
+        raise ValueError(f"augment.neumann_tol must be in [0, 1) (0 = all J terms), got {neumann_tol}")
+    if isinstance(hyper_chunks, bool) or int(hyper_chunks) != hyper_chunks or int(hyper_chunks) < 1:
+        raise ValueError(f"augment.hyper_chunks must be an integer >= 1, got {hyper_chunks}")
+    if not isinstance(hyper_recompute, bool):
+        raise ValueError(f"augment.hyper_recompute must be true or false, got {hyper_recompute!r}")
     if int(inner_steps) < 1:
         raise ValueError(f"augment.inner_steps must be an integer >= 1, got {inner_steps}")
     if int(neumann_steps) < 0:
@@ -443,3 +454,17 @@ def _all_reduce_mean(flat: Tensor) -> Tensor:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat = flat / dist.get_world_size()
     return flat
+
+
+def _flatten(tensors: Sequence[Tensor]) -> Tensor:
+    """One flat tensor of every entry of ``tensors`` (for one all-reduce)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _set_grads(params: Sequence[nn.Parameter], flat: Tensor) -> None:
+    """Give each parameter its slice of ``flat`` (in order) as its ``.grad``."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+        offset += n

@@ -50,6 +50,13 @@ def check_config(cfg: DictConfig) -> None:
         ),
         ("augment.neumann_alpha", aug.neumann_alpha, lambda v: _number(v) and v > 0, "a number > 0"),
         ("augment.neumann_tol", aug.neumann_tol, lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        (
+            "augment.hyper_chunks",
+            aug.hyper_chunks,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            "an integer >= 1",
+        ),
+        ("augment.hyper_recompute", aug.hyper_recompute, lambda v: isinstance(v, bool), "true or false"),
         ("augment.temperature", aug.temperature, lambda v: _number(v) and v > 0, "a number > 0"),
         (
             "augment.method",
@@ -144,6 +151,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "hyper_steps": module.hyper_steps,
         "skipped_hyper_steps": module.skipped_hyper_steps,
         "hvps": module.total_hvps,
+        "hvps_per_hyper_step": module.total_hvps / module.hyper_steps if module.hyper_steps else None,
         "fit_seconds": fit_seconds,
         "device": str(module.device),
         "world_size": trainer.world_size,
