@@ -579,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.perf_counter()
+    worker_failures, ran_by_workers = 0, []
     if args.workers < 1:
         print(f"error: --workers must be >= 1, got {args.workers}")
         return 2
@@ -590,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if len(pending) > 1:
             worker_failures = run_workers(args, pending, runs_dir, argv_passthrough(args))
+            ran_by_workers = [job.name for job in pending if load_finished(job, runs_dir) is not None]
             args.no_run = True
             if worker_failures:
                 print(f"{worker_failures} worker(s) reported failed jobs; see their output above")
@@ -606,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.out, jobs, outcome, runs_dir, args.seeds, extra, started, plots=False)
 
     outcome = run_plan(jobs, runs_dir, selected, args.force, progress)
+    outcome.ran.extend(ran_by_workers)
     report = write_report(args.out, jobs, outcome, runs_dir, args.seeds, extra, started, plots=True)
     print_summary(report)
     print(f"wrote {args.out} and its plots; runs in {runs_dir}")
@@ -614,8 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(outcome.failures)} job(s) failed: "
             + "; ".join(f"{k}: {v}" for k, v in outcome.failures.items())
         )
-        return 1
-    return 0
+    return 1 if outcome.failures or worker_failures else 0
 
 
 if __name__ == "__main__":

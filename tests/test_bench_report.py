@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 from benchmarks import bench_accuracy, bench_cost, report, run_all
 from benchmarks.bench_accuracy import METHODS, Outcome, aggregate, make_plan, write_report
 
@@ -224,14 +224,16 @@ def test_accuracy_benchmark_runs_resumes_and_reruns_stale_jobs(
     args = ["--out", str(tmp_path / "accuracy.json"), "--runs-dir", str(tmp_path / "runs"), "--epochs", "1"]
     args += [f"--override={o}" for o in tiny]
     args += ["--jobs", "baseline-seed0", "madao-seed0"]
-    assert bench_accuracy.main(args) == 0
+    assert bench_accuracy.main([*args, "--workers", "2"]) == 0  # two worker processes, one job each
+    assert "worker 1: 1 jobs" in capsys.readouterr().out
     first = json.loads((tmp_path / "accuracy.json").read_text())
     stored = json.loads((tmp_path / "runs" / "baseline-seed0" / "results.json").read_text())
     assert first["methods"]["baseline"]["test_error_pct"] == pytest.approx([100 * stored["test_error"]])
     assert first["sweeps"]["warmup_epochs"]["points"][0]["job"] == "madao-seed0"  # w=0 in TINY
     assert first["complete"] is False and first["settings"]["epochs"] == 1
     assert (tmp_path / "madao_policy_evolution.png").is_file()
-    assert first["runs"]["torch_threads"] == [torch.get_num_threads()]
+    assert first["runs"]["torch_threads"] == [max(1, (os.cpu_count() or 1) // 2)]
+    assert sorted(first["ran_this_time"]) == ["baseline-seed0", "madao-seed0"]
 
     capsys.readouterr()
     assert bench_accuracy.main(args) == 0
