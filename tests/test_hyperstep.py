@@ -288,23 +288,107 @@ def test_reported_hvps_are_the_ones_performed(tol, chunks, recompute):
         assert counts["train_forwards"] == 1 + chunks * (k + 1)
 
 
-def test_policy_and_cutout_draw_once():
-    """One policy forward and one Cutout draw per hyper step, whatever the number of chunks: the global
-    RNG ends where one Cutout call leaves it, and the policy generator where one policy forward leaves it."""
+@pytest.mark.parametrize("chunks,recompute", [(1, False), (1, True), (3, True)])
+def test_policy_and_cutout_draw_once(chunks, recompute):
+    """One augmentation's random draws per hyper step, whatever the mode: the global RNG ends where one
+    Cutout call leaves it, and the policy generator where one policy forward leaves it. Keeping the graph,
+    the policy runs once; recomputing, it runs a second time at the end on the saved draws (a replay whose
+    images are checked bit for bit), and the generators are put back after it."""
     net, policy, batches = make_problem(torch.float64)
     calls = []
     policy.register_forward_hook(lambda module, args, output: calls.append(1))
     generator = torch.Generator().manual_seed(POLICY_SEED)
     torch.manual_seed(GLOBAL_SEED)
-    hyper_step(net, policy, *batches, normalize=normalize, cutout_size=CUTOUT, chunks=3, generator=generator)
+    hyper_step(
+        net,
+        policy,
+        *batches,
+        normalize=normalize,
+        cutout_size=CUTOUT,
+        chunks=chunks,
+        recompute=recompute,
+        generator=generator,
+    )
     after_global, after_policy = torch.get_rng_state(), generator.get_state()
-    assert len(calls) == 1
+    assert len(calls) == (2 if recompute else 1)
     expected_generator = torch.Generator().manual_seed(POLICY_SEED)
     torch.manual_seed(GLOBAL_SEED)
     with torch.enable_grad():
         cutout(policy(batches[0], generator=expected_generator), CUTOUT)
     assert torch.equal(after_global, torch.get_rng_state())
     assert torch.equal(after_policy, expected_generator.get_state())
+
+
+class DrawingNet(SmoothNet):
+    """SmoothNet that draws one number from torch's global RNG in every forward (as dropout would) and
+    counts its forwards, so a test can tell where the global stream must end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwards = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.forwards += 1
+        return super().forward(x + 0.0 * torch.rand((), dtype=x.dtype))
+
+
+@pytest.mark.parametrize("use_policy_generator", [False, True])
+def test_recompute_replays_augmentation_exactly_and_keeps_rng_streams(use_policy_generator):
+    """Recomputing frees the augmentation graph and rebuilds it at the end from the saved generator states:
+    the hypergradient equals keeping the graph (float64; the policy drawing from the explicit generator or
+    from ``policy.generator``), and the replay puts the generators back, so the policy generator ends where
+    one augmentation leaves it and the global stream where one augmentation and the network's own draws
+    (one per forward, made between the augmentation and the replay) leave it."""
+    _, policy, batches = make_problem(torch.float64, batchnorm=False)
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(GLOBAL_SEED)
+        generator = torch.Generator().manual_seed(POLICY_SEED)
+        policy.generator = generator if use_policy_generator else None
+        kwargs = {} if use_policy_generator else {"generator": generator}
+        torch.manual_seed(0)
+        net = DrawingNet().double()
+        torch.manual_seed(GLOBAL_SEED)
+        result = hyper_step(
+            net, policy, *batches, normalize=normalize, cutout_size=CUTOUT, recompute=recompute, **kwargs
+        )
+        results.append(result)
+        after_global, after_policy = torch.get_rng_state(), generator.get_state()
+        expected_generator = torch.Generator().manual_seed(POLICY_SEED)
+        torch.manual_seed(GLOBAL_SEED)
+        with torch.enable_grad():
+            cutout(policy(batches[0], generator=expected_generator), CUTOUT)
+        for _ in range(net.forwards):
+            torch.rand((), dtype=torch.float64)
+        assert torch.equal(after_policy, expected_generator.get_state())
+        assert torch.equal(after_global, torch.get_rng_state())
+    policy.generator = None
+    kept, replayed = results
+    assert _flat(kept.hypergrad).norm() > 0
+    for got, want in zip(replayed.hypergrad, kept.hypergrad, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
+
+
+class ImpurePolicy(MADAOPolicy):
+    """A MADAO policy that adds noise from a private generator the hyper step cannot save: not replayable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.private = torch.Generator().manual_seed(0)
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.rand(images.shape, generator=self.private, dtype=images.dtype)
+        return super().forward(images, generator=generator) + 1e-3 * noise
+
+
+def test_recompute_refuses_an_augmentation_it_cannot_replay():
+    """A replay that gives other images would put the hypergradient at the wrong point: it is an error
+    naming the fix, not a silently wrong result (keeping the graph still works)."""
+    _, _, batches = make_problem(torch.float64, batchnorm=False)
+    policy = ImpurePolicy().double()
+    with pytest.raises(RuntimeError, match="hyper_recompute=false"):
+        run(SmoothNet().double(), policy, batches, recompute=True)
+    assert _flat(run(SmoothNet().double(), policy, batches).hypergrad).norm() > 0
 
 
 def test_augment_for_hyper_step_has_graph_and_matches_policy_then_cutout():

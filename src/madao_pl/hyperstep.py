@@ -11,8 +11,8 @@ How the work is split. The augmented batch ``x = normalise(cutout(policy(images)
 its graph to the policy parameters ``phi``. The network sees ``x`` through a detached leaf, so everything
 second-order (the HVPs, and the mixed derivative as ``d/dx <df/dtheta, u>``) stays inside the network; the
 mixed derivative reaches ``phi`` by one vector-Jacobian product through the augmentation at the end. This
-is the chain rule, not an approximation, and it means the policy, its random draws and the Cutout mask are
-computed exactly once per hyper step, whatever the number of chunks.
+is the chain rule, not an approximation, and it means the policy's random draws and the Cutout mask are
+drawn exactly once per hyper step, whatever the number of chunks.
 
 Switches (all off = the plain path, today's maths):
 
@@ -23,7 +23,12 @@ Switches (all off = the plain path, today's maths):
   it goes; the network gradient then comes from an ordinary first-order forward and backward, and the
   validation gradient is taken with no graph alive. Exact (the same values up to rounding): it trades one
   first-order pass plus one forward and ``create_graph`` backward per HVP for the memory of the graph
-  sitting under the validation pass and the first HVP.
+  sitting under the validation pass and the first HVP. The augmentation's graph is not kept either: the
+  generator states are saved before the augmentation, and at the end the augmentation is replayed on
+  them (same draws, images checked bit for bit, generators put back afterwards) to take the product to
+  ``phi``; that costs one more policy forward (tens of milliseconds). WRN-28-2, batch 128, CPU: peak RSS
+  above setup 1182 -> 1161 MB with ``MALLOC_MMAP_THRESHOLD_`` at 128 KiB (live tensors, see
+  ``benchmarks/bench_cost.py``).
 - ``chunks > 1`` (implies ``recompute``): a memory-bounded hyper step. Every HVP and the mixed derivative
   are taken chunk by chunk, each chunk's graph rebuilt and freed in turn, so only one chunk's graph is
   alive at a time (peak memory about ``1 / chunks`` of the hyper step's graph).
@@ -53,11 +58,14 @@ peak on WRN-28-2 is that of an inner step).
 
 Randomness: the policy draws come from ``generator`` (default ``policy.generator``, else torch's global
 generator) and Cutout from torch's global generator, in the same order as ``MADAOModule.augment``
-(policy, then Cutout), each exactly once.
+(policy, then Cutout), each exactly once (with ``recompute`` the replay re-uses the saved states and leaves
+every generator where it found it). The network's own draws (dropout) are not replayed: with ``recompute``
+every rebuilt forward draws a new dropout mask, so use dropout 0 there.
 
 Host syncs: none of its own unless a :class:`StepTimer` is passed (the timer synchronises CUDA around each
-timed section). The adaptive Neumann series syncs once per term (``.item()``), and the policy's grouping of
-samples by operation syncs a few times per stage (see :func:`madao_pl.augment.policy.apply_stage`).
+timed section), and one with ``recompute`` (the bit-for-bit check of the replayed augmentation). The
+adaptive Neumann series syncs once per term (``.item()``), and the policy's grouping of samples by operation
+syncs a few times per stage (see :func:`madao_pl.augment.policy.apply_stage`).
 """
 
 from __future__ import annotations
@@ -236,14 +244,16 @@ class _RandomState:
     the augmentation and restoring them lets :meth:`rerun` rebuild the very same augmented batch (same
     draws, bit-identical images) with its graph to the policy, so the graph need not stay alive in between.
     :meth:`rerun` puts every generator back where it was before the replay, so the random streams after the
-    hyper step are those of a single augmentation. Supported on CPU and CUDA batches (``supported``).
+    hyper step are those of a single augmentation. For batches on the devices in ``DEVICE_TYPES`` (elsewhere
+    the hyper step keeps the augmentation's graph).
     """
+
+    DEVICE_TYPES = ("cpu", "cuda")
 
     def __init__(self, generator: torch.Generator | None, device: torch.device) -> None:
         self.generator = generator
         self.device = device
-        self.supported = device.type in ("cpu", "cuda")
-        self.saved = self._get() if self.supported else None
+        self.saved = self._get()
 
     def _get(self) -> tuple[Tensor | None, Tensor, Tensor | None]:
         return (
@@ -261,9 +271,7 @@ class _RandomState:
             torch.cuda.set_rng_state(cuda, self.device)
 
     def rerun(self, augment: Callable[[], Tensor], expected: Tensor) -> Tensor:
-        """``augment()`` with the saved draws; checks it reproduces ``expected`` bit for bit (one host sync)."""
-        if self.saved is None:
-            raise RuntimeError("internal error: no random state saved to replay the augmentation.")
+        """``augment()`` with the saved draws; checks it gives ``expected`` bit for bit (one host sync)."""
         now = self._get()
         self._set(self.saved)
         try:
@@ -379,7 +387,11 @@ def _pairs(grads: Sequence[Tensor | None], vector: Sequence[Tensor]) -> tuple[li
 
 
 def _whole_batch(
-    net: nn.Module, inputs: Tensor, labels: Tensor, params: list[Tensor], section: Section
+    net: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    section: Section,
 ) -> _Pieces:
     """Plain path: one train-mode forward of the whole batch and ``df/dtheta`` with ``create_graph=True``;
     every HVP and the mixed derivative are double backward passes through that one graph."""
@@ -405,7 +417,12 @@ def _whole_batch(
 
 
 def _chunked(
-    net: nn.Module, inputs: Tensor, labels: Tensor, params: list[Tensor], chunks: int, section: Section
+    net: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    params: list[Tensor],
+    chunks: int,
+    section: Section,
 ) -> _Pieces:
     """Recomputing path: the network gradient from one full-batch train-mode forward and first-order
     backward (an inner step: the only forward whose BatchNorm updates are kept); every HVP and the mixed
@@ -424,9 +441,17 @@ def _chunked(
         with torch.enable_grad():
             chunk_labels = labels.narrow(0, start, chunk_inputs.shape[0])
             loss = F.cross_entropy(net(chunk_inputs), chunk_labels, reduction="sum") / batch
-            return torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        del loss
+        return grads
 
     def hvp(vector: Vector) -> Vector:
+        if len(slices) == 1:
+            outputs, grad_outputs = _pairs(chunk_grads(0, inputs.detach()), vector)
+            if not outputs:
+                return tuple(torch.zeros_like(p) for p in params)
+            products = torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, allow_unused=True)
+            return _zeros_for_none(products, params)
         total = [torch.zeros_like(p) for p in params]
         for start, length in slices:
             outputs, grad_outputs = _pairs(
@@ -495,8 +520,8 @@ def hyper_step(
         chunks: ``augment.hyper_chunks``; 1 = whole batch, ``C > 1`` = memory-bounded chunked hyper step
             (per-chunk BatchNorm statistics in the second-order terms, see the module doc).
         recompute: ``augment.hyper_recompute``; rebuild and free the ``create_graph`` graph for every HVP and
-            the mixed derivative instead of keeping it (exact; less memory, more time). Implied by
-            ``chunks > 1``.
+            the mixed derivative instead of keeping it, and replay the augmentation at the end instead of
+            keeping its graph (exact; less memory, more time). Implied by ``chunks > 1``.
         generator: the policy's random generator (default ``policy.generator``).
         timer: a :class:`StepTimer` to time each section (it synchronises CUDA); ``None`` = no timing.
 
@@ -536,13 +561,17 @@ def hyper_step(
         return run
 
     recompute = recompute or chunks > 1
-    replay = _RandomState(generator if generator is not None else policy.generator, images.device)
+    replay = (
+        _RandomState(generator if generator is not None else policy.generator, images.device)
+        if recompute and images.device.type in _RandomState.DEVICE_TYPES
+        else None
+    )
     with section("augmented_forward"):
         augmented: Tensor | None = augment_for_hyper_step(
             policy, images, normalize=normalize, cutout_size=cutout_size, generator=generator
         )
         inputs = augmented.detach().requires_grad_(True)
-    if recompute and replay.supported:
+    if replay is not None:
         augmented = None
     if not recompute:
         pieces = _whole_batch(net, inputs, labels, params, section)
@@ -567,7 +596,7 @@ def hyper_step(
             with section("mixed_derivative"):
                 input_product = pieces.mixed(solution)
                 del solution
-                if augmented is None:
+                if replay is not None:
                     augmented = replay.rerun(
                         lambda: augment_for_hyper_step(
                             policy, images, normalize=normalize, cutout_size=cutout_size, generator=generator
