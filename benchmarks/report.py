@@ -201,7 +201,8 @@ def cost_section(report: dict[str, Any] | None) -> str:
         f"{settings.get('neumann_steps', '?')}, alpha = {settings.get('neumann_alpha', '?')}. Hyper-step "
         "variants: "
         + ", ".join(
-            f"`{n}` (neumann_tol {v['neumann_tol']}, hyper_chunks {v['hyper_chunks']})"
+            f"`{n}` (neumann_tol {v['neumann_tol']}, hyper_chunks {v['hyper_chunks']}"
+            + (f", hyper_recompute {str(v['hyper_recompute']).lower()})" if "hyper_recompute" in v else ")")
             for n, v in variants.items()
         )
         + ". MADAO's step time is amortised over a cycle of s steps: ((s - 1) inner + 1 hyper) / s.",
