@@ -212,7 +212,7 @@ class MADAOModule(pl.LightningModule):
         """One hyper step fused with the s-th inner step (DESIGN.md §5), by `madao_pl.hyperstep`.
 
         The network step uses the same augmented batch and ``df/dtheta`` as the hypergradient. Both
-        gradients are averaged over DDP ranks here, each as one flat all-reduce: the hyper step takes
+        gradients are averaged over DDP ranks here, together in one flat all-reduce: the hyper step takes
         them with ``torch.autograd.grad``, which DDP's reducer does not see.
         """
         params = self.network_parameters()
@@ -234,8 +234,9 @@ class MADAOModule(pl.LightningModule):
             chunks=self.hyper_chunks,
             recompute=self.hyper_recompute,
         )
-        network_grads = _all_reduce_mean(_flatten(result.network_grads))
-        flat = _all_reduce_mean(_flatten(result.hypergrad))
+        both = _all_reduce_mean(_flatten((*result.network_grads, *result.hypergrad)))
+        policy_size = sum(h.numel() for h in hparams)
+        network_grads, flat = both.split([both.numel() - policy_size, policy_size])
         finite = bool(torch.isfinite(flat).all())
         net_opt.zero_grad()
         _set_grads(params, network_grads)
