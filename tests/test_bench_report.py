@@ -189,6 +189,30 @@ def test_readme_without_results_and_with_a_cost_report(tmp_path: Path) -> None:
     assert "| `something.new` | 1.5000 |" in report.build_readme(tmp_path, tmp_path)  # unknown layout: shown
 
 
+def test_top_readme_results_are_rewritten_between_the_markers_only(tmp_path: Path) -> None:
+    (tmp_path / "cost.json").write_text(json.dumps(synthetic_cost_report()))
+    summary = report.top_readme_summary(tmp_path)
+    assert summary.startswith("No accuracy results yet")
+    # s = 30: plain ((29 * 0.62 + 6) / 30) / 0.6 = 1.3322, fast 1.2211; peak RSS 2500 / 1000 and 1500 / 1000.
+    assert "| `plain` | neumann_tol=0.0 hyper_chunks=1 | 1.33 [1.33, 1.33] | 2.50 [2.50, 2.50] |" in summary
+    assert "| `fast` | neumann_tol=0.0001 hyper_chunks=1 | 1.22 [1.22, 1.22] | 1.50 [1.50, 1.50] |" in summary
+    assert "| 3 | 0.000020 |" in summary  # fast: 3 HVPs, hypergradient 2e-5 from the plain one
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{report.BEGIN}\nold numbers\n{report.END}\nafter\n")
+    assert report.update_top_readme(readme, summary)
+    text = readme.read_text()
+    assert "old numbers" not in text and summary in text
+    assert text.startswith(f"# Title\n\nbefore\n{report.BEGIN}\n") and text.endswith(f"{report.END}\nafter\n")
+    assert report.update_top_readme(readme, "new")  # idempotent markers: a second update replaces the first
+    assert f"{report.BEGIN}\nnew\n{report.END}" in readme.read_text()
+
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not report.update_top_readme(plain, summary) and plain.read_text() == "no markers\n"
+    assert not report.update_top_readme(tmp_path / "missing.md", summary)
+
+
 def test_run_all_runs_every_benchmark_and_reports_failures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
