@@ -191,6 +191,9 @@ def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.Monke
         ("augment.warmup_epochs=-1", "augment.warmup_epochs"),
         ("augment.neumann_steps=-1", "augment.neumann_steps"),
         ("augment.temperature=0", "augment.temperature"),
+        ("augment.neumann_tol=-0.1", "augment.neumann_tol"),
+        ("augment.hyper_chunks=0", "augment.hyper_chunks"),
+        ("augment.hyper_recompute=sometimes", "augment.hyper_recompute"),
     ],
 )
 def test_out_of_range_settings_are_refused_before_training(
