@@ -18,7 +18,7 @@ reruns it), so an interrupted benchmark continues where it stopped; a job direct
 go ``sweep_inner_steps.png``, ``sweep_warmup.png`` and ``madao_policy_evolution.png`` /
 ``madao_policy_parameters.png`` (copied from the first MADAO seed's run).
 
-Run: ``python -m benchmarks.bench_accuracy`` (about an hour on 2 CPU cores: by default two jobs train at
+Run: ``python -m benchmarks.bench_accuracy`` (30 minutes on 2 CPU cores: by default two jobs train at
 once, each in its own process with one thread, ``--workers``). ``--list`` prints the
 plan; ``--no-run`` only rewrites the report from finished runs (e.g. after splitting the jobs over two
 processes with ``--jobs``); ``--epochs`` and ``--override KEY=VALUE`` shrink the jobs for a smoke test.

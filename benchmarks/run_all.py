@@ -1,7 +1,8 @@
 """Run the benchmarks, each in its own process, then regenerate ``benchmarks/README.md``.
 
-- full (``make bench``): policy speed, MADAO's cost, test error on digits (over an hour on 2 CPU
-  cores, mostly the accuracy benchmark: 22 digits fits of 2 to 10 minutes each);
+- full (``make bench``): policy speed, MADAO's cost, test error on digits (about an hour on 2 CPU
+  cores: 65 minutes measured on a fresh clone, install included; the cost benchmark about 32 minutes, the
+  22 digits fits about 30 minutes, two at a time);
 - ``--quick`` (``make bench-quick``): the cost benchmark with ``--quick`` alone.
 
 Each benchmark writes ``benchmarks/results/<name>.json``; its output is shown and also kept in
