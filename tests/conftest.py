@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,12 @@ def tiny_cfg(tmp_path: Path):
         return compose_config(tmp_path, *TINY, *overrides)
 
     return make
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Run a test with one intra-op thread (tiny problems: more threads only add contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,13 +29,7 @@ POLICY_SEED = 3
 GLOBAL_SEED = 7
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny problems: intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny problems: threads only add contention
 
 
 def _report(name: str, value: float) -> None:
