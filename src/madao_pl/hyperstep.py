@@ -446,12 +446,6 @@ def _chunked(
         return grads
 
     def hvp(vector: Vector) -> Vector:
-        if len(slices) == 1:
-            outputs, grad_outputs = _pairs(chunk_grads(0, inputs.detach()), vector)
-            if not outputs:
-                return tuple(torch.zeros_like(p) for p in params)
-            products = torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, allow_unused=True)
-            return _zeros_for_none(products, params)
         total = [torch.zeros_like(p) for p in params]
         for start, length in slices:
             outputs, grad_outputs = _pairs(
