@@ -213,7 +213,11 @@ def _tv_geometric(name: str, image: torch.Tensor, value: float) -> torch.Tensor:
         "TranslateX": ([0.45 * width * value, 0.0], [0.0, 0.0]),
         "TranslateY": ([0.0, 0.45 * height * value], [0.0, 0.0]),
     }[name]
-    return TF.affine(image, angle=0.0, translate=translate, scale=1.0, shear=shear, interpolation=bilinear)
+    # Shears about the top-left corner, as torchvision's AutoAugment and PIL's (1, s, 0, 0, 1, 0).
+    center = [0, 0] if name.startswith("Shear") else None
+    return TF.affine(
+        image, angle=0.0, translate=translate, scale=1.0, shear=shear, interpolation=bilinear, center=center
+    )
 
 
 @pytest.mark.parametrize("name", GEOMETRIC)
@@ -349,19 +353,21 @@ def test_rotate_and_shear_directions():
     """Content geometry at mu = 1, sign = +1 on a 41x41 image (centre pixel (20, 20), pixel y down).
 
     Rotate +30 deg is counter-clockwise: a blob right of the centre moves up. ShearX with factor s = 0.3
-    samples at x + s y, so a blob 10 px below the centre moves 3 px left; ShearY moves a blob 10 px right of
-    it 3 px up (torchvision's and PIL's AutoAugment direction).
+    samples at x + s y with y measured from the top edge, so a blob whose centre is 30.5 px below the top
+    edge (row 30) moves 0.3 * 30.5 = 9.15 px left; ShearY moves a blob in column 30 9.15 px up (PIL's and
+    torchvision's AutoAugment direction and origin).
     """
     one = torch.ones(1, dtype=torch.float64)
     cy, cx = _centroid(get_operation("Rotate").fn(_blob(41, 41, 20, 30), one, one))
     assert abs(cy - (20 - 10 * math.sin(math.radians(30)))) < 0.05
     assert abs(cx - (20 + 10 * math.cos(math.radians(30)))) < 0.05
     cy, cx = _centroid(get_operation("ShearX").fn(_blob(41, 41, 30, 20), one, one))
-    assert abs(cy - 30) < 0.05 and abs(cx - 17) < 0.05
+    assert abs(cy - 30) < 0.05 and abs(cx - (20 - 9.15)) < 0.05
     cy, cx = _centroid(get_operation("ShearY").fn(_blob(41, 41, 20, 30), one, one))
-    assert abs(cy - 17) < 0.05 and abs(cx - 30) < 0.05
+    assert abs(cy - (20 - 9.15)) < 0.05 and abs(cx - 30) < 0.05
     cy, cx = _centroid(get_operation("ShearX").fn(_blob(41, 41, 30, 20), one, -one))
-    assert abs(cx - 23) < 0.05
+    assert abs(cx - (20 + 9.15)) < 0.05
+
 
 
 # ----------------------------------------------------------------------------------------------- gradients

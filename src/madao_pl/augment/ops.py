@@ -13,10 +13,11 @@ broadcast, never looped over, so the policy can apply an operation once to every
 Semantics are torchvision's (``torchvision.transforms.v2.functional``, itself following PIL), with the
 magnitude mapped as in the paper:
 
-- ShearX / ShearY: shear factor ``s = 0.3 mu sign`` (a factor, not an angle), about the image centre.
-  The output samples the input at ``x_src = x + s y`` (ShearX; pixel y pointing down), i.e. PIL's affine
-  data ``(1, s, 0, 0, 1, 0)`` and ``F.affine(shear=[degrees(atan(s)), 0])``: content below the centre
-  moves left for ``s > 0``.  ShearY samples at ``y_src = y + s x``.
+- ShearX / ShearY: shear factor ``s = 0.3 mu sign`` (a factor, not an angle) about the top-left corner,
+  as PIL and torchvision's AutoAugment / RandAugment / TrivialAugmentWide do. The output samples the input
+  at ``x_src = x + s y`` (ShearX; x, y measured from the top-left corner, y pointing down), i.e. PIL's
+  affine data ``(1, s, 0, 0, 1, 0)`` and ``F.affine(shear=[degrees(atan(s)), 0], center=[0, 0])``: the top
+  row stays, content lower down moves left for ``s > 0``. ShearY samples at ``y_src = y + s x``.
 - TranslateX / TranslateY: ``0.45 * width (height) * mu * sign`` pixels; positive moves content right
   (down), as ``F.affine(translate=[dx, dy])``.
 - Rotate: ``30 mu sign`` degrees about the centre, positive counter-clockwise as ``F.rotate``.
@@ -175,27 +176,30 @@ def _affine_inverse(a: Tensor, b: Tensor, tx: Tensor, c: Tensor, d: Tensor, ty: 
 
 
 def shear_x(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    """ShearX by factor ``s = 0.3 mu sign`` about the centre: output(x, y) = input(x + s y, y).
+    """ShearX by factor ``s = 0.3 mu sign`` about the top-left corner: output(x, y) = input(x + s y, y).
 
     Shapes: images (B, C, H, W), magnitude (B,), sign (B,) -> (B, C, H, W).
-    Equals ``F.affine(img, angle=0, translate=[0, 0], scale=1, shear=[degrees(atan(s)), 0])`` (bilinear).
+    Equals ``F.affine(img, angle=0, translate=[0, 0], scale=1, shear=[degrees(atan(s)), 0], center=[0, 0])``
+    (bilinear), PIL's ``(1, s, 0, 0, 1, 0)``. In the centred coordinates of :func:`_warp` the origin moves
+    to ``y = -H/2``, hence the offset ``s H / 2``.
     """
     mu, sg = _check_inputs(images, magnitude, sign)
     s = (SHEAR_MAX * mu * sg).flatten()
     one, zero = torch.ones_like(s), torch.zeros_like(s)
-    return _warp(images, _affine_inverse(one, s, zero, zero, one, zero))
+    return _warp(images, _affine_inverse(one, s, s * (images.shape[-2] / 2.0), zero, one, zero))
 
 
 def shear_y(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
-    """ShearY by factor ``s = 0.3 mu sign`` about the centre: output(x, y) = input(x, y + s x).
+    """ShearY by factor ``s = 0.3 mu sign`` about the top-left corner: output(x, y) = input(x, y + s x).
 
     Shapes: images (B, C, H, W), magnitude (B,), sign (B,) -> (B, C, H, W).
-    Equals ``F.affine(img, angle=0, translate=[0, 0], scale=1, shear=[0, degrees(atan(s))])`` (bilinear).
+    Equals ``F.affine(img, angle=0, translate=[0, 0], scale=1, shear=[0, degrees(atan(s))], center=[0, 0])``
+    (bilinear), PIL's ``(1, 0, 0, s, 1, 0)``.
     """
     mu, sg = _check_inputs(images, magnitude, sign)
     s = (SHEAR_MAX * mu * sg).flatten()
     one, zero = torch.ones_like(s), torch.zeros_like(s)
-    return _warp(images, _affine_inverse(one, zero, zero, s, one, zero))
+    return _warp(images, _affine_inverse(one, zero, zero, s, one, s * (images.shape[-1] / 2.0)))
 
 
 def translate_x(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
