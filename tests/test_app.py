@@ -105,7 +105,11 @@ def test_paper_presets() -> None:
     assert imagenet.dataset.datamodule.batch_size == 1024 and imagenet.dataset.datamodule.val_fraction == 0.01
     madao = compose_config("/tmp/unused").augment
     assert (madao.inner_steps, madao.warmup_epochs, madao.temperature) == (30, 20, 0.05)
-    assert (madao.neumann_steps, madao.neumann_alpha, madao.policy_optimizer.lr) == (5, 1e-3, 1e-2)
+    assert (madao.hyper.neumann_steps, madao.hyper.neumann_alpha, madao.policy_optimizer.lr) == (
+        5,
+        1e-3,
+        1e-2,
+    )
 
 
 def test_resnet_stem_follows_image_size(tmp_path: Path) -> None:
@@ -176,7 +180,7 @@ def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.Monke
     monkeypatch.setattr(WandbLogger, "log_metrics", record)
     train(tiny_cfg("logger=wandb", "trainer.max_epochs=1"))
     for key in (
-        "policy/stage0/Invert/probability",
+        "policy/stage0/Invert/apply",
         "policy/stage1/ShearX/magnitude",
         "policy/stage0/Equalize/selection",
     ):
@@ -187,13 +191,18 @@ def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("augment.inner_steps=0", "augment.inner_steps"),
-        ("augment.warmup_epochs=-1", "augment.warmup_epochs"),
-        ("augment.neumann_steps=-1", "augment.neumann_steps"),
-        ("augment.temperature=0", "augment.temperature"),
-        ("augment.neumann_tol=-0.1", "augment.neumann_tol"),
-        ("augment.hyper_chunks=0", "augment.hyper_chunks"),
-        ("augment.hyper_recompute=sometimes", "augment.hyper_recompute"),
+        ("augment.inner_steps=0", "augment.inner_steps=0"),
+        ("augment.warmup_epochs=-1", "augment.warmup_epochs=-1"),
+        ("augment.temperature=0", "augment.temperature=0"),
+        ("augment.hyper.neumann_steps=-1", "augment.hyper.neumann_steps=-1"),
+        ("augment.hyper.neumann_alpha=0", "augment.hyper.neumann_alpha=0"),
+        ("augment.hyper.neumann_tol=-0.1", "augment.hyper.neumann_tol=-0.1"),
+        ("augment.hyper.method=newton", "augment.hyper.method='newton'"),
+        ("augment.hyper.cg_iterations=-2", "augment.hyper.cg_iterations=-2"),
+        ("augment.hyper.recompute=sometimes", "augment.hyper.recompute='sometimes'"),
+        ("dataset.cutout=-4", "dataset.cutout=-4"),
+        ("dataset.epochs=0", "dataset.epochs=0"),
+        ("dataset.lr=-0.1", "dataset.lr=-0.1"),
     ],
 )
 def test_out_of_range_settings_are_refused_before_training(
@@ -229,7 +238,7 @@ def test_cli_bad_value_is_one_line(tmp_path: Path) -> None:
     run = _run_cli("augment.inner_steps=0", cwd=tmp_path)
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert lines == ["error: augment.inner_steps=0 is invalid: it must be an integer >= 1"]
+    assert lines == ["error: augment.inner_steps=0 is invalid: inner_steps must be an integer >= 1, got 0"]
 
 
 def test_missing_dataset_directory_names_path_and_download_flag(tiny_cfg, tmp_path: Path) -> None:

@@ -13,19 +13,23 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import AutoAugment as TorchvisionAutoAugment
 from torchvision.transforms import AutoAugmentPolicy as TorchvisionAAPolicy
 
-import madao_pl.augment.policy as policy_module
-from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS, get_operation
-from madao_pl.augment.policy import (
+import madao_pl.augment.stage as stage_module
+from madao_pl.augment import (
     AUTOAUGMENT_POLICIES,
+    MAGNITUDE_OPS,
+    OP_NAMES,
+    OPERATIONS,
     AutoAugmentPolicy,
     IdentityPolicy,
     MADAOPolicy,
+    Policy,
     RandAugmentPolicy,
     ReplayPolicy,
     TrivialAugmentPolicy,
     apply_stage,
     autoaugment_magnitude,
-    build_policy,
+    describe_stage,
+    get_operation,
     gumbel_noise,
     randaugment_magnitude,
     relaxed_one_hot,
@@ -54,6 +58,11 @@ def skewed_policy(**kwargs) -> MADAOPolicy:
     return policy
 
 
+def learns(policy: torch.nn.Module) -> bool:
+    """Whether a policy learns: it has parameters that require grad."""
+    return any(p.requires_grad for p in policy.parameters())
+
+
 def assert_frequencies(counts: torch.Tensor, total: int, probs: torch.Tensor, what: str) -> None:
     """Empirical frequencies within 4 binomial standard errors of ``probs`` (exact where p is 0 or 1)."""
     freq = counts.double() / total
@@ -65,7 +74,7 @@ def assert_frequencies(counts: torch.Tensor, total: int, probs: torch.Tensor, wh
 
 @pytest.fixture
 def counting_ops(monkeypatch):
-    """Replace the policy module's op table by wrappers that record (op name, batch size) per call."""
+    """Replace apply_stage's op table by wrappers that record (op name, batch size) per call."""
     calls: list[tuple[str, int]] = []
 
     def wrap(op):
@@ -75,7 +84,7 @@ def counting_ops(monkeypatch):
 
         return dataclasses.replace(op, fn=fn)
 
-    monkeypatch.setattr(policy_module, "OPERATIONS", tuple(wrap(op) for op in OPERATIONS))
+    monkeypatch.setattr(stage_module, "OPERATIONS", tuple(wrap(op) for op in OPERATIONS))
     return calls
 
 
@@ -91,7 +100,7 @@ def identity_counting_ops(monkeypatch):
 
         return dataclasses.replace(op, fn=fn)
 
-    monkeypatch.setattr(policy_module, "OPERATIONS", tuple(wrap(op) for op in OPERATIONS))
+    monkeypatch.setattr(stage_module, "OPERATIONS", tuple(wrap(op) for op in OPERATIONS))
     return calls
 
 
@@ -101,7 +110,7 @@ def identity_counting_ops(monkeypatch):
 def test_madao_has_78_parameters_and_paper_initialisation():
     policy = MADAOPolicy()
     assert sum(p.numel() for p in policy.parameters()) == 78
-    assert policy.learnable and policy.num_stages == 2
+    assert learns(policy) and policy.num_stages == 2
     assert policy.logits.shape == (2, 14) and policy.probability_raw.shape == (2, 14)
     assert policy.magnitude_raw.shape == (2, 11)
     expected = 1 / (1 + math.exp(-0.5))
@@ -207,17 +216,23 @@ def test_relaxed_one_hot_applies_the_temperature_once():
 
 def test_sample_stage_selection_is_the_gumbel_softmax_of_its_noise_and_gradient_is_one_over_tau():
     """The relaxed u of sample_stage is softmax((pi + g) / tau) for the generator's Gumbel noise (the first
-    14 of the 16 uniform columns), and the straight-through factor's gradient is (onehot - u) / tau."""
+    14 of the 16 uniform columns), and the straight-through factor's gradient is (onehot - u) / tau.
+
+    The factor scale_n = exp(log u_{n,i} - stopgrad(log u_{n,i})) has gradient (onehot_n - u_n) / tau, so
+    each sample's drawn u_n is read back from its own gradient: onehot_n - tau * d scale_n / d pi."""
     tau = 0.5
     policy = skewed_policy(temperature=tau)
     sample = policy.sample_stage(64, 0, generator=gen(11), relaxed=True)
     g = gumbel_noise((64, N_OPS + 2), generator=gen(11))[:, :N_OPS]
     u = torch.softmax((SKEWED_LOGITS + g) / tau, dim=-1)
-    assert torch.allclose(sample.selection, u, atol=1e-6)
     assert torch.equal(sample.op_index, u.argmax(-1))
+    one_hot = torch.nn.functional.one_hot(sample.op_index, N_OPS).float()
+    per_sample = torch.stack(
+        [torch.autograd.grad(sample.scale[n], policy.logits, retain_graph=True)[0][0] for n in range(64)]
+    )
+    assert torch.allclose(one_hot - tau * per_sample, u, atol=1e-6)
     weights = torch.randn(64, generator=gen(12))
     (grad,) = torch.autograd.grad((sample.scale * weights).sum(), policy.logits)
-    one_hot = torch.nn.functional.one_hot(sample.op_index, N_OPS).float()
     expected = (weights[:, None] * (one_hot - u)).sum(0) / tau
     assert torch.allclose(grad[0], expected, atol=1e-4)
 
@@ -235,6 +250,10 @@ def test_forward_value_equals_the_hard_selected_op_and_selection_gradient_is_exa
     x = images(48, size=12, seed=3)
     out = policy(x, generator=gen(4))
     sample = policy.sample_stage(48, 0, generator=gen(4))
+    # The relaxed one-hot u the stage drew: the Gumbel noise is the first 14 of its 16 uniform columns.
+    g = gumbel_noise((48, N_OPS + 2), generator=gen(4))[:, :N_OPS]
+    u = relaxed_one_hot(policy.logits[0].detach(), g, 0.5)
+    assert torch.equal(sample.op_index, u.argmax(-1))
     assert torch.equal(sample.apply_weight.detach(), torch.ones(48))
     assert torch.equal(sample.scale.detach(), torch.ones(48))
     for n in range(48):
@@ -245,7 +264,7 @@ def test_forward_value_equals_the_hard_selected_op_and_selection_gradient_is_exa
     (grad,) = torch.autograd.grad((out * w).sum(), policy.logits)
     inner = (w * out).detach().sum(dim=(1, 2, 3))
     one_hot = torch.nn.functional.one_hot(sample.op_index, N_OPS).float()
-    expected = (inner[:, None] * (one_hot - sample.selection.detach())).sum(0) / 0.5
+    expected = (inner[:, None] * (one_hot - u)).sum(0) / 0.5
     assert torch.allclose(grad[0], expected, rtol=1e-4, atol=1e-4)
 
 
@@ -388,8 +407,8 @@ def test_json_round_trip_is_exact_and_replay_reproduces_the_policy(tmp_path):
         for other in (loaded, replay, frozen):
             assert getattr(other, key).dtype == original.dtype
             assert torch.equal(getattr(other, key), original), key
-    assert loaded.learnable and isinstance(loaded.logits, torch.nn.Parameter)
-    assert not replay.learnable and list(replay.parameters()) == []
+    assert learns(loaded) and isinstance(loaded.logits, torch.nn.Parameter)
+    assert not learns(replay) and list(replay.parameters()) == []
     assert not any(t.requires_grad for t in replay.buffers())
     assert set(replay.state_dict()) == {"logits", "probability_raw", "magnitude_raw"}
     x = images(64, size=8)
@@ -399,7 +418,7 @@ def test_json_round_trip_is_exact_and_replay_reproduces_the_policy(tmp_path):
         assert torch.equal(replay(x, generator=gen(50)), expected)
         assert torch.equal(frozen(x, generator=gen(50)), expected)
     assert torch.equal(replay(x, generator=gen(50)), expected)  # replay is hard in grad mode too
-    assert build_policy("replay", path=path).describe()["stages"] == policy.describe()["stages"]
+    assert replay.describe()["stages"] == policy.describe()["stages"]
     assert replay.describe()["policy"] == "replay" and data["policy"] == "madao"
 
 
@@ -444,7 +463,7 @@ def assert_describe_in_unit_range(described: dict) -> None:
     ids=lambda p: repr(p),
 )
 def test_fixed_policies_have_no_parameters_and_valid_outputs(policy):
-    assert not policy.learnable and list(policy.parameters()) == []
+    assert not learns(policy) and list(policy.parameters()) == []
     assert policy.state_dict() == {}
     assert_describe_in_unit_range(policy.describe())
     x = images(64, size=16)
@@ -455,7 +474,7 @@ def test_fixed_policies_have_no_parameters_and_valid_outputs(policy):
 
 
 def test_identity_policy_is_exact():
-    policy = build_policy("identity")
+    policy = IdentityPolicy()
     x = images(8)
     assert policy(x) is x and policy.describe()["stages"] == []
 
@@ -580,16 +599,30 @@ def test_autoaugment_sampling_matches_its_description():
         AutoAugmentPolicy("cifar100")
 
 
-# -------------------------------------------------------------------------------------------- factory
+# -------------------------------------------------------------------------------------------- base class
 
 
-def test_build_policy_names_and_errors(tmp_path):
-    assert isinstance(build_policy("madao", num_stages=1), MADAOPolicy)
-    assert build_policy("randaugment", num_ops=3).num_stages == 3
-    assert build_policy("autoaugment", policy="imagenet").policy == "imagenet"
-    assert isinstance(build_policy("trivialaugment"), TrivialAugmentPolicy)
-    assert isinstance(build_policy("identity"), IdentityPolicy)
-    with pytest.raises(ValueError, match="path="):
-        build_policy("replay")
-    with pytest.raises(ValueError, match="trivialaugment"):
-        build_policy("rand_augment")
+def test_describe_stage_is_the_one_schema():
+    n = N_OPS
+    stage = describe_stage([1 / n] * n, [0.25] * n, [0.75] * n)
+    assert list(stage) == list(OP_NAMES)
+    for name, entry in stage.items():
+        assert set(entry) == {"selection", "apply", "magnitude"}
+        assert entry["selection"] == pytest.approx(1 / n) and entry["apply"] == 0.25
+        assert entry["magnitude"] == (0.75 if name in MAGNITUDE_OPS else None)
+    assert RandAugmentPolicy(magnitude=0.75).describe()["stages"][0] == describe_stage(
+        [1 / n] * n, [1.0] * n, [0.75] * n
+    )
+
+
+def test_a_policy_without_its_methods_says_which_subclass_misses_them():
+    class Incomplete(Policy):
+        pass
+
+    policy = Incomplete()
+    with pytest.raises(NotImplementedError, match="Incomplete must implement the num_stages"):
+        policy.num_stages  # noqa: B018
+    with pytest.raises(NotImplementedError, match=r"Incomplete must implement sample\(\)"):
+        policy(images(2))
+    with pytest.raises(NotImplementedError, match=r"Incomplete must implement describe\(\)"):
+        policy.describe()

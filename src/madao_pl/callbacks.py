@@ -2,10 +2,12 @@
 
 `PolicyHistoryCallback` writes ``policy_history.csv`` (one row per hyper step, stage and
 operation), logs every op's selection probability, apply probability and magnitude to the
-configured loggers after each hyper step, and draws ``policy_evolution.png`` (selection
-probabilities stacked over epochs, like the paper's Figures 2 and 4) and
-``policy_parameters.png`` (apply probability and magnitude of the most selected ops, like
-Figure 5) at each epoch end.
+configured loggers after each hyper step (``policy/stage{k}/{op}/{selection|apply|magnitude}``),
+and draws ``policy_evolution.png`` (selection probabilities stacked over epochs, like the
+paper's Figures 2 and 4) and ``policy_parameters.png`` (apply probability and magnitude of the
+most selected ops, like Figure 5) at each epoch end, with `madao_pl.plots`. The values are the
+policy's own `Policy.describe()` (the schema of `madao_pl.augment.describe_stage`), so the CSV
+columns and metric names are the schema's keys.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-from pytorch_lightning.loggers import WandbLogger  # noqa: E402
-
-from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES  # noqa: E402
+from madao_pl.augment import Policy, StageDescription
+from madao_pl.plots import plot_policy_evolution, plot_policy_parameters
 
 HISTORY_FIELDS = (
     "hyper_step",
@@ -30,9 +29,10 @@ HISTORY_FIELDS = (
     "stage",
     "op",
     "selection",
-    "probability",
+    "apply",
     "magnitude",
 )
+"""Columns of ``policy_history.csv``: where in training, then one op's values in the description schema."""
 
 
 class WarmupCallback(pl.Callback):
@@ -42,31 +42,18 @@ class WarmupCallback(pl.Callback):
     """
 
     def __init__(self, warmup_epochs: int = 0) -> None:
-        if int(warmup_epochs) < 0:
-            raise ValueError(f"augment.warmup_epochs must be an integer >= 0, got {warmup_epochs}")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         self.warmup_epochs = int(warmup_epochs)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         pl_module.warmup_active = trainer.current_epoch < self.warmup_epochs
 
 
-def policy_snapshot(policy: Any) -> list[dict[str, dict[str, float | None]]]:
-    """Per stage, per op: selection probability, apply probability, magnitude (None without one)."""
-    selection = policy.selection_probabilities().detach().cpu()
-    probability = policy.apply_probabilities().detach().cpu()
-    magnitude = policy.magnitudes().detach().cpu()
-    stages = []
-    for k in range(selection.shape[0]):
-        ops = {}
-        for i, name in enumerate(OP_NAMES):
-            mag = float(magnitude[k, MAGNITUDE_OPS.index(name)]) if name in MAGNITUDE_OPS else None
-            ops[name] = {
-                "selection": float(selection[k, i]),
-                "probability": float(probability[k, i]),
-                "magnitude": mag,
-            }
-        stages.append(ops)
-    return stages
+def policy_snapshot(policy: Policy) -> list[StageDescription]:
+    """The policy's stages as :meth:`Policy.describe` reports them: per stage ``{op name: {"selection",
+    "apply", "magnitude" (None without one)}}``."""
+    return policy.describe()["stages"]
 
 
 class PolicyHistoryCallback(pl.Callback):
@@ -85,15 +72,13 @@ class PolicyHistoryCallback(pl.Callback):
         self, output_dir: str | None = None, top_k: int = 3, log_every: int = 1, plot_every_n_epochs: int = 1
     ) -> None:
         if int(plot_every_n_epochs) < 1:
-            raise ValueError(
-                f"callbacks.policy_history.plot_every_n_epochs must be >= 1, got {plot_every_n_epochs}"
-            )
+            raise ValueError(f"plot_every_n_epochs must be an integer >= 1, got {plot_every_n_epochs}")
         self.output_dir = output_dir
         self.top_k = top_k
         self.log_every = max(1, int(log_every))
         self.plot_every_n_epochs = int(plot_every_n_epochs)
         self.rows: list[dict[str, Any]] = []
-        self.epoch_snapshots: list[tuple[int, list[dict[str, dict[str, float | None]]]]] = []
+        self.epoch_snapshots: list[tuple[int, list[StageDescription]]] = []
         self._seen_hyper_steps = -1
 
     def _dir(self, trainer: pl.Trainer) -> Path:
@@ -101,13 +86,14 @@ class PolicyHistoryCallback(pl.Callback):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _record(self, trainer: pl.Trainer, pl_module: Any) -> list[dict[str, dict[str, float | None]]]:
+    def _record(self, trainer: pl.Trainer, pl_module: Any) -> list[StageDescription]:
+        hyper_steps = int(pl_module.hyper_steps)  # a plain int, also where the module keeps a tensor counter
         snapshot = policy_snapshot(pl_module.policy)
         for k, ops in enumerate(snapshot):
             for name, values in ops.items():
                 self.rows.append(
                     {
-                        "hyper_step": pl_module.hyper_steps,
+                        "hyper_step": hyper_steps,
                         "epoch": trainer.current_epoch,
                         "global_step": trainer.global_step,
                         "stage": k,
@@ -115,7 +101,7 @@ class PolicyHistoryCallback(pl.Callback):
                         **values,
                     }
                 )
-        self._seen_hyper_steps = pl_module.hyper_steps
+        self._seen_hyper_steps = hyper_steps
         return snapshot
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -125,10 +111,10 @@ class PolicyHistoryCallback(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not pl_module.learns_policy or pl_module.hyper_steps == self._seen_hyper_steps:
+        if not pl_module.learns_policy or int(pl_module.hyper_steps) == self._seen_hyper_steps:
             return
         snapshot = self._record(trainer, pl_module)
-        if pl_module.hyper_steps % self.log_every == 0:
+        if self._seen_hyper_steps % self.log_every == 0:
             metrics = {}
             for k, ops in enumerate(snapshot):
                 for name, values in ops.items():
@@ -174,54 +160,3 @@ class PolicyHistoryCallback(pl.Callback):
         self.rows = list(state_dict.get("rows", []))
         self.epoch_snapshots = [tuple(item) for item in state_dict.get("epoch_snapshots", [])]
         self._seen_hyper_steps = int(state_dict.get("seen", -1))
-
-
-def plot_policy_evolution(snapshots: list[tuple[int, list[dict[str, dict[str, Any]]]]], path: Path) -> None:
-    """Per stage, the 14 selection probabilities stacked over epochs (paper Figures 2 and 4)."""
-    epochs = [epoch for epoch, _ in snapshots]
-    num_stages = len(snapshots[0][1])
-    fig, axes = plt.subplots(1, num_stages, figsize=(6 * num_stages, 4), squeeze=False)
-    colors = plt.get_cmap("tab20").colors
-    for k in range(num_stages):
-        stacks = [[snap[k][name]["selection"] for _, snap in snapshots] for name in OP_NAMES]
-        ax = axes[0, k]
-        ax.stackplot(epochs, stacks, labels=OP_NAMES, colors=colors[: len(OP_NAMES)])
-        ax.set_title(f"stage {k + 1}: selection probability")
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-        ax.set_xlim(min(epochs), max(epochs) if len(epochs) > 1 else min(epochs) + 1)
-    axes[0, -1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_policy_parameters(
-    snapshots: list[tuple[int, list[dict[str, dict[str, Any]]]]], path: Path, top_k: int = 3
-) -> None:
-    """Apply probability p and magnitude mu of the most selected ops per stage (paper Figure 5)."""
-    epochs = [epoch for epoch, _ in snapshots]
-    final = snapshots[-1][1]
-    num_stages = len(final)
-    fig, axes = plt.subplots(1, num_stages, figsize=(6 * num_stages, 4), squeeze=False)
-    for k in range(num_stages):
-        ranked = sorted(OP_NAMES, key=lambda name: final[k][name]["selection"], reverse=True)[:top_k]
-        ax = axes[0, k]
-        for j, name in enumerate(ranked):
-            color = plt.get_cmap("tab10")(j)
-            ax.plot(
-                epochs,
-                [snap[k][name]["probability"] for _, snap in snapshots],
-                color=color,
-                label=f"{name} p",
-            )
-            if final[k][name]["magnitude"] is not None:
-                mags = [snap[k][name]["magnitude"] for _, snap in snapshots]
-                ax.plot(epochs, mags, color=color, linestyle="--", label=f"{name} mu")
-        ax.set_title(f"stage {k + 1}: top-{top_k} ops, p (solid) and mu (dashed)")
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

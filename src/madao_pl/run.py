@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -32,40 +34,9 @@ class ConfigError(ValueError):
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Refuse out-of-range settings before anything is built, one line naming key and range."""
-    aug = cfg.augment
+    """Refuse, before anything is built, the settings that no library object checks when it is built."""
     checks = [
-        ("augment.inner_steps", aug.inner_steps, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-        (
-            "augment.warmup_epochs",
-            aug.warmup_epochs,
-            lambda v: isinstance(v, int) and v >= 0,
-            "an integer >= 0",
-        ),
-        (
-            "augment.neumann_steps",
-            aug.neumann_steps,
-            lambda v: isinstance(v, int) and v >= 0,
-            "an integer >= 0",
-        ),
-        ("augment.neumann_alpha", aug.neumann_alpha, lambda v: _number(v) and v > 0, "a number > 0"),
-        ("augment.neumann_tol", aug.neumann_tol, lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-        (
-            "augment.hyper_chunks",
-            aug.hyper_chunks,
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-            "an integer >= 1",
-        ),
-        ("augment.hyper_recompute", aug.hyper_recompute, lambda v: isinstance(v, bool), "true or false"),
-        ("augment.temperature", aug.temperature, lambda v: _number(v) and v > 0, "a number > 0"),
-        (
-            "augment.method",
-            aug.method,
-            lambda v: v in ("neumann", "cg", "exact"),
-            "one of neumann, cg, exact",
-        ),
         ("dataset.epochs", cfg.dataset.epochs, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-        ("dataset.cutout", cfg.dataset.cutout, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
         ("dataset.lr", cfg.dataset.lr, lambda v: _number(v) and v > 0, "a number > 0"),
     ]
     for key, value, valid, expected in checks:
@@ -77,6 +48,33 @@ def check_config(cfg: DictConfig) -> None:
             "trainer.sync_batchnorm=true is not supported: SyncBatchNorm has no double backward, which the "
             "MADAO hyper step needs; use trainer.sync_batchnorm=false"
         )
+
+
+def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate`` the node at ``key``; a ``ValueError`` of the object built becomes a one-line
+    :class:`ConfigError` naming the config key of the argument it names (the library's messages start with
+    the argument's name; an argument set by interpolation, ``${augment.inner_steps}``, is named by its source)."""
+    node = OmegaConf.select(cfg, key)
+    try:
+        return instantiate(node, _convert_="object", **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if not isinstance(cause, ValueError) or isinstance(cause, DatasetNotFoundError):
+            raise
+        raise ConfigError(_name_key(cfg, key, cause)) from None
+
+
+def _name_key(cfg: DictConfig, key: str, error: ValueError) -> str:
+    """``<config key>=<value> is invalid: <message>`` for the argument the message starts with."""
+    match = re.match(r"\w+", str(error))
+    raw = OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=False)
+    argument = match.group(0) if match else ""
+    if not isinstance(raw, dict) or argument not in raw:
+        return f"{key}: {error}"
+    source = raw[argument]
+    interpolation = re.fullmatch(r"\$\{([\w.]+)\}", source) if isinstance(source, str) else None
+    full_key = interpolation.group(1) if interpolation else f"{key}.{argument}"
+    return f"{full_key}={OmegaConf.select(cfg, full_key)!r} is invalid: {error}"
 
 
 def _check_launch(cfg: DictConfig) -> None:
@@ -111,20 +109,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; write the run's outputs; return results.json's content."""
     check_config(cfg)
     out = output_dir(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.dataset.datamodule)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build(cfg, "dataset.datamodule")
     num_classes = cfg.dataset.num_classes
     if num_classes is None:
         datamodule.prepare_data()
         datamodule.setup("fit")
         num_classes = datamodule.num_classes
-    net = instantiate(cfg.model.net, num_classes=num_classes)
-    policy = instantiate(cfg.augment.policy)
-    module = instantiate(
-        cfg.module, net=net, policy=policy, num_classes=num_classes, mean=datamodule.mean, std=datamodule.std
+    net = build(cfg, "model.net", num_classes=num_classes)
+    policy = build(cfg, "augment.policy")
+    hyper = build(cfg, "augment.hyper")
+    module = build(
+        cfg,
+        "module",
+        net=net,
+        policy=policy,
+        hyper=hyper,
+        num_classes=num_classes,
+        mean=datamodule.mean,
+        std=datamodule.std,
     )
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    callbacks = [build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c]
+    loggers = [build(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c and "_target_" in c]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -148,10 +154,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "global_steps": trainer.global_step,
         "test_error": metrics.get("test/error"),
         "val_error": metrics.get("val/error"),
-        "hyper_steps": module.hyper_steps,
-        "skipped_hyper_steps": module.skipped_hyper_steps,
-        "hvps": module.total_hvps,
-        "hvps_per_hyper_step": module.total_hvps / module.hyper_steps if module.hyper_steps else None,
+        "hyper_steps": int(module.hyper_steps),
+        "skipped_hyper_steps": int(module.skipped_hyper_steps),
+        "hvps": int(module.total_hvps),
+        "hvps_per_hyper_step": int(module.total_hvps) / int(module.hyper_steps) if module.hyper_steps else None,
         "fit_seconds": fit_seconds,
         "device": str(module.device),
         "world_size": trainer.world_size,

@@ -1,24 +1,33 @@
 """Differentiable augmentation operations and policies (knows images, not training).
 
-`OPERATIONS` is the table of the 14 ops; `MADAOPolicy` is the learnable policy; the fixed
-baselines (`RandAugmentPolicy`, `AutoAugmentPolicy`, `TrivialAugmentPolicy`, `IdentityPolicy`)
-and `ReplayPolicy` (a learned policy, frozen) run through the same `apply_stage`.
+- :mod:`~madao_pl.augment.ops`: `OPERATIONS`, the table of the 14 ops, and `cutout`;
+- :mod:`~madao_pl.augment.stage`: `StageSample`, `apply_stage` (one stage, grouped by op) and the
+  random draws;
+- :mod:`~madao_pl.augment.base`: `Policy` and `describe_stage`, the one description schema;
+- :mod:`~madao_pl.augment.madao`: `MADAOPolicy` (trained with the network), `ReplayPolicy` (a learned policy,
+  frozen)
+  and the policy JSON format;
+- :mod:`~madao_pl.augment.baselines`: `RandAugmentPolicy`, `TrivialAugmentPolicy`, `AutoAugmentPolicy`,
+  `IdentityPolicy`, all through the same `apply_stage`;
+- :mod:`~madao_pl.augment.autoaugment_tables`: the published AutoAugment sub-policies, as data.
 """
 
-from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS, Operation, cutout, get_operation
-from madao_pl.augment.policy import (
+from madao_pl.augment.autoaugment_tables import AUTOAUGMENT_POLICIES
+from madao_pl.augment.base import Policy, StageDescription, describe_stage
+from madao_pl.augment.baselines import (
     AutoAugmentPolicy,
     IdentityPolicy,
-    MADAOPolicy,
-    Policy,
     RandAugmentPolicy,
-    ReplayPolicy,
     TrivialAugmentPolicy,
-    apply_stage,
-    build_policy,
+    autoaugment_magnitude,
+    randaugment_magnitude,
 )
+from madao_pl.augment.madao import MADAOPolicy, ReplayPolicy
+from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS, Operation, cutout, get_operation
+from madao_pl.augment.stage import StageSample, apply_stage, gumbel_noise, relaxed_one_hot
 
 __all__ = [
+    "AUTOAUGMENT_POLICIES",
     "MAGNITUDE_OPS",
     "OPERATIONS",
     "OP_NAMES",
@@ -29,9 +38,15 @@ __all__ = [
     "Policy",
     "RandAugmentPolicy",
     "ReplayPolicy",
+    "StageDescription",
+    "StageSample",
     "TrivialAugmentPolicy",
     "apply_stage",
-    "build_policy",
+    "autoaugment_magnitude",
     "cutout",
+    "describe_stage",
     "get_operation",
+    "gumbel_noise",
+    "randaugment_magnitude",
+    "relaxed_one_hot",
 ]

@@ -14,6 +14,7 @@ from .base import (
     stratified_split,
 )
 from .digits import DigitsDataModule
+from .stream import BatchStream
 from .folder import FolderDataModule, ImageNetDataModule
 from .torchvision_sets import (
     AircraftDataModule,
@@ -28,6 +29,7 @@ from .torchvision_sets import (
 
 __all__ = [
     "AircraftDataModule",
+    "BatchStream",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "CarsDataModule",

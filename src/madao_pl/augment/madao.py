@@ -1,0 +1,388 @@
+"""MADAO's categorical policy (paper §3.3, eq. 7-10), trained or replayed, and its JSON format.
+
+- :class:`MADAOPolicy`: trainable selection logits, apply probabilities and magnitudes; Gumbel-softmax
+  selection with a straight-through factor ``u_i / stopgrad(u_i)`` and a relaxed Bernoulli apply weight,
+  so a loss on the output has gradients to all 78 parameters (K = 2).
+- :class:`ReplayPolicy`: the values of a learned MADAO policy, frozen (buffers), to train a new model.
+
+Both draw their stages the same way (:meth:`MADAOPolicy.sample_stage`), so with the same generator state
+a replay gives exactly what the learned policy gives under ``no_grad``.
+
+Policy JSON (:meth:`MADAOPolicy.to_dict`, written by :meth:`MADAOPolicy.save_json`, read by
+:meth:`MADAOPolicy.from_dict` / :meth:`MADAOPolicy.load_json` / :meth:`ReplayPolicy.from_json`)::
+
+    {
+        "format": "madao_pl.policy", "version": 1,
+        "policy": "madao" (or "replay"), "num_stages": K,
+        "temperature": tau, "bernoulli_temperature": tau_b, "eps": eps,
+        "dtype": "float32",                      # dtype of the raw values
+        "op_names": [...14], "magnitude_ops": [...11],   # the op table the values refer to
+        "raw": {"logits": K x 14, "probability_raw": K x 14, "magnitude_raw": K x 11},
+        "describe": {...}                        # Policy.describe(), for humans; not read back
+    }
+
+The raw values are exact (float32 -> Python float round-trips); loading checks the format, the version
+and that the op table is the current one.
+"""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from madao_pl.augment.base import Policy, describe_stage
+from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS
+from madao_pl.augment.stage import (
+    StageSample,
+    draw_uniform,
+    gumbel_from_uniform,
+    logistic_from_uniform,
+    signs_from_uniform,
+)
+
+__all__ = ["MADAOPolicy", "ReplayPolicy"]
+
+_FORMAT = "madao_pl.policy"
+_FORMAT_VERSION = 1
+
+
+def _magnitude_op_indices() -> list[int]:
+    """Indices into ``OPERATIONS`` of the ``MAGNITUDE_OPS``, in ``MAGNITUDE_OPS`` order (11 entries)."""
+    return [OP_NAMES.index(name) for name in MAGNITUDE_OPS]
+
+
+class _CategoricalPolicy(Policy):
+    """Shared sampling of MADAO-style stages from ``logits`` (K, 14), ``probability_raw`` (K, 14),
+    ``magnitude_raw`` (K, 11); subclasses hold them as parameters (MADAO) or buffers (replay)."""
+
+    name: ClassVar[str] = "madao"
+    logits: Tensor
+    probability_raw: Tensor
+    magnitude_raw: Tensor
+
+    def __init__(self, temperature: float, bernoulli_temperature: float, eps: float) -> None:
+        super().__init__()
+        for name, value in (("temperature", temperature), ("bernoulli_temperature", bernoulli_temperature)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 (the paper uses 0.05), got {value}")
+        if not 0 < eps < 0.5:
+            raise ValueError(
+                f"eps must be in (0, 0.5) (apply probabilities are clamped into [eps, 1 - eps]), got {eps}"
+            )
+        self.temperature = float(temperature)
+        self.bernoulli_temperature = float(bernoulli_temperature)
+        self.eps = float(eps)
+        self.register_buffer(
+            "_magnitude_index", torch.tensor(_magnitude_op_indices(), dtype=torch.long), persistent=False
+        )
+
+    @property
+    def num_stages(self) -> int:
+        """Number of stages K (the first dimension of the logits)."""
+        return self.logits.shape[0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_stages={self.num_stages}, temperature={self.temperature}, "
+            f"bernoulli_temperature={self.bernoulli_temperature}"
+        )
+
+    # -- readable values -------------------------------------------------------------------------------
+
+    def selection_probabilities(self) -> Tensor:
+        """``(K, 14)`` softmax of the selection logits, per stage (keeps the graph)."""
+        return torch.softmax(self.logits, dim=-1)
+
+    def apply_probabilities(self) -> Tensor:
+        """``(K, 14)`` apply probabilities ``sigmoid(probability_raw)`` (before the eps clamp; with graph)."""
+        return torch.sigmoid(self.probability_raw)
+
+    def magnitudes(self) -> Tensor:
+        """``(K, 11)`` magnitudes ``sigmoid(magnitude_raw)`` in ``MAGNITUDE_OPS`` order (keeps the graph)."""
+        return torch.sigmoid(self.magnitude_raw)
+
+    def entropy(self) -> Tensor:
+        """Scalar: entropy (nats) of the selection distribution, averaged over stages (keeps the graph)."""
+        log_p = torch.log_softmax(self.logits, dim=-1)
+        return -(log_p.exp() * log_p).sum(-1).mean()
+
+    def _full_magnitudes(self) -> Tensor:
+        """``(K, 14)`` magnitudes on the full op table, 0 for the ops without one."""
+        full = self.magnitude_raw.new_zeros(self.num_stages, len(OPERATIONS))
+        return full.index_copy(1, self._magnitude_index, self.magnitudes())
+
+    def describe(self) -> dict[str, Any]:
+        """Selection probabilities, apply probabilities (before the eps clamp) and magnitudes per stage,
+        in the description schema of :mod:`madao_pl.augment.base` (float64 Python floats)."""
+        with torch.no_grad():
+            selection = self.selection_probabilities().double().tolist()
+            apply = self.apply_probabilities().double().tolist()
+            magnitude = self._full_magnitudes().double().tolist()
+        return {
+            "policy": self.name,
+            "num_stages": self.num_stages,
+            "stages": [describe_stage(selection[k], apply[k], magnitude[k]) for k in range(self.num_stages)],
+        }
+
+    # -- sampling --------------------------------------------------------------------------------------
+
+    def _relaxed_by_default(self) -> bool:
+        """Whether :meth:`sample_stage` draws relaxed by default: grad mode on and a value requires grad."""
+        return torch.is_grad_enabled() and any(
+            t.requires_grad for t in (self.logits, self.probability_raw, self.magnitude_raw)
+        )
+
+    def sample_stage(
+        self,
+        batch_size: int,
+        stage: int,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+        relaxed: bool | None = None,
+    ) -> StageSample:
+        """Draw stage ``stage`` for ``batch_size`` samples (paper eq. 7-10).
+
+        One float32 uniform draw of shape ``(B, 16)`` feeds the Gumbel noise ``g`` (14 columns), the
+        Bernoulli's logistic noise ``l`` and the sign coin, so the relaxed and the hard path make the
+        same discrete choices from the same generator state:
+
+        - ``i_n = argmax(pi + g_n)`` (= argmax of ``u_n = softmax((pi + g_n) / tau)``);
+        - ``b_n = sigmoid((logit(p_{i_n}) + l_n) / tau_b)`` relaxed, ``1[logit(p_{i_n}) + l_n > 0]`` hard,
+          with ``p`` clamped into ``[eps, 1 - eps]``; both are Bernoulli(p) in distribution / threshold;
+        - ``scale_n = u_{n,i} / stopgrad(u_{n,i})`` (relaxed only), computed as
+          ``exp(log u_{n,i} - stopgrad(log u_{n,i}))``: exactly 1 in value, gradient
+          ``(onehot(i_n) - u_n) / tau`` to the logits.
+
+        Args:
+            batch_size: B.
+            stage: which of the K stages.
+            device: where the returned tensors live (default: the parameters' device).
+            generator: source of randomness (default: ``self.generator``, then torch's global one).
+            relaxed: ``True`` relaxed draws with gradients, ``False`` hard draws; default ``True`` iff
+                grad mode is on and the parameters require grad.
+
+        Returns:
+            A :class:`~madao_pl.augment.stage.StageSample` of ``(B,)`` tensors on ``device``; ``scale`` is
+            ``None`` for hard draws.
+        """
+        if not 0 <= stage < self.num_stages:
+            raise ValueError(f"stage must be in [0, {self.num_stages}), got {stage}")
+        device = torch.device(device) if device is not None else self.logits.device
+        generator = generator if generator is not None else self.generator
+        relaxed = self._relaxed_by_default() if relaxed is None else relaxed
+        num_ops = len(OPERATIONS)
+        dtype = self.logits.dtype
+
+        noise = draw_uniform((batch_size, num_ops + 2), generator, device)
+        gumbels = gumbel_from_uniform(noise[:, :num_ops]).to(dtype)
+        logistic = logistic_from_uniform(noise[:, num_ops]).to(dtype)
+        sign = signs_from_uniform(noise[:, num_ops + 1], dtype)
+
+        logits = self.logits[stage].to(device)
+        probability = torch.sigmoid(self.probability_raw[stage].to(device)).clamp(self.eps, 1.0 - self.eps)
+        magnitude_full = self._full_magnitudes()[stage].to(device)
+
+        if relaxed:
+            log_u = torch.log_softmax((logits + gumbels) / self.temperature, dim=-1)
+            op_index = log_u.argmax(dim=-1)
+            log_u_i = log_u.gather(1, op_index[:, None]).squeeze(1)
+            scale = torch.exp(log_u_i - log_u_i.detach())
+            z = torch.logit(probability[op_index]) + logistic
+            apply_weight = torch.sigmoid(z / self.bernoulli_temperature)
+            return StageSample(op_index, apply_weight, magnitude_full[op_index], sign, scale)
+
+        with torch.no_grad():
+            op_index = (logits + gumbels).argmax(dim=-1)
+            z = torch.logit(probability[op_index]) + logistic
+            apply_weight = (z > 0).to(dtype)
+            return StageSample(op_index, apply_weight, magnitude_full[op_index], sign)
+
+    def sample(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+        relaxed: bool | None = None,
+    ) -> list[StageSample]:
+        """:meth:`sample_stage` for every stage, in order (the order :meth:`forward` draws them)."""
+        return [self.sample_stage(batch_size, k, device, generator, relaxed) for k in range(self.num_stages)]
+
+    # -- save / load -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: raw parameter values (exact: float32 -> python float round-trips), settings,
+        the op table they refer to and, for humans, :meth:`describe`."""
+        raw = {
+            key: getattr(self, key).detach().cpu().double().tolist()
+            for key in ("logits", "probability_raw", "magnitude_raw")
+        }
+        return {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "policy": self.name,
+            "num_stages": self.num_stages,
+            "temperature": self.temperature,
+            "bernoulli_temperature": self.bernoulli_temperature,
+            "eps": self.eps,
+            "dtype": str(self.logits.dtype).removeprefix("torch."),
+            "op_names": list(OP_NAMES),
+            "magnitude_ops": list(MAGNITUDE_OPS),
+            "raw": raw,
+            "describe": self.describe(),
+        }
+
+    @staticmethod
+    def _parse_dict(data: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Check a :meth:`to_dict` dict and return its raw tensors (saved dtype) and settings."""
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValueError(
+                f"not a saved madao_pl policy (expected format {_FORMAT!r}); "
+                "save one with MADAOPolicy.save_json"
+            )
+        if data.get("version") != _FORMAT_VERSION:
+            raise ValueError(
+                f"saved policy has format version {data.get('version')}, this code reads {_FORMAT_VERSION}"
+            )
+        if list(data["op_names"]) != list(OP_NAMES) or list(data["magnitude_ops"]) != list(MAGNITUDE_OPS):
+            raise ValueError(
+                "the saved policy refers to another operation table: saved "
+                f"{data['op_names']} (magnitude ops {data['magnitude_ops']}), current {list(OP_NAMES)} "
+                f"(magnitude ops {list(MAGNITUDE_OPS)}); load it with the madao_pl version that saved it"
+            )
+        dtype = getattr(torch, data.get("dtype", "float32"))
+        k = int(data["num_stages"])
+        expected = {
+            "logits": (k, len(OP_NAMES)),
+            "probability_raw": (k, len(OP_NAMES)),
+            "magnitude_raw": (k, len(MAGNITUDE_OPS)),
+        }
+        tensors = {}
+        for key, shape in expected.items():
+            value = torch.tensor(data["raw"][key], dtype=torch.float64)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"saved policy: raw {key} has shape {tuple(value.shape)}, expected {shape}")
+            tensors[key] = value.to(dtype)
+        settings = {
+            "temperature": float(data["temperature"]),
+            "bernoulli_temperature": float(data["bernoulli_temperature"]),
+            "eps": float(data["eps"]),
+        }
+        return tensors, settings
+
+    def save_json(self, path: str | PathLike) -> None:
+        """Write :meth:`to_dict` as JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=1)
+            handle.write("\n")
+
+
+class MADAOPolicy(_CategoricalPolicy):
+    """The trainable MADAO policy (paper §3.3, eq. 7-10; Appendix A): 39 parameters per stage.
+
+    Per stage k: selection logits ``pi_k`` (14, zeros = uniform), apply-probability raw values (14,
+    ``p = sigmoid(raw)``), magnitude raw values (11, ``mu = sigmoid(raw)``); the raw values start at
+    ``init_probability`` / ``init_magnitude`` themselves (raw numbers, not probabilities, as the paper
+    does): the defaults 0.5 give ``sigmoid(0.5) ~ 0.62`` (so MADAO starts as RandAugment with magnitude
+    0.62). For K = 2 that is 78 parameters.
+
+    With grad enabled (the hyper step) the draws are relaxed and the output is differentiable in all
+    parameters; under ``torch.no_grad()`` (the inner steps) the same distribution is sampled hard and
+    non-applied samples skip their operation. See :meth:`sample_stage` for the exact draws.
+
+    Args:
+        num_stages: K, operations applied in sequence.
+        temperature: Gumbel-softmax temperature tau of the selection (paper: 0.05).
+        bernoulli_temperature: temperature of the relaxed Bernoulli apply weight.
+        init_magnitude: initial *raw* magnitude value (mu = sigmoid of it).
+        init_probability: initial *raw* apply-probability value (p = sigmoid of it).
+        eps: apply probabilities are clamped into ``[eps, 1 - eps]`` before the Bernoulli draw.
+    """
+
+    def __init__(
+        self,
+        num_stages: int = 2,
+        temperature: float = 0.05,
+        bernoulli_temperature: float = 0.05,
+        init_magnitude: float = 0.5,
+        init_probability: float = 0.5,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(temperature, bernoulli_temperature, eps)
+        if num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+        self.logits = nn.Parameter(torch.zeros(num_stages, len(OP_NAMES)))
+        self.probability_raw = nn.Parameter(torch.full((num_stages, len(OP_NAMES)), float(init_probability)))
+        self.magnitude_raw = nn.Parameter(torch.full((num_stages, len(MAGNITUDE_OPS)), float(init_magnitude)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MADAOPolicy:
+        """Rebuild a trainable policy from :meth:`to_dict` output (exact raw values, same dtype)."""
+        tensors, settings = cls._parse_dict(data)
+        policy = cls(num_stages=tensors["logits"].shape[0], **settings)
+        with torch.no_grad():
+            for key, value in tensors.items():
+                getattr(policy, key).data = value.clone()
+        return policy
+
+    @classmethod
+    def load_json(cls, path: str | PathLike) -> MADAOPolicy:
+        """Read a policy written by :meth:`save_json`."""
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    def freeze(self) -> ReplayPolicy:
+        """A :class:`ReplayPolicy` with the current values: same draws, no parameters."""
+        return ReplayPolicy.from_dict(self.to_dict()).to(self.logits.device)
+
+
+class ReplayPolicy(_CategoricalPolicy):
+    """A learned MADAO policy replayed with fixed values (buffers, no parameters), for training a new
+    model with it. Always draws hard (:meth:`MADAOPolicy.sample_stage` with ``relaxed=False``), so with
+    the same generator state it gives exactly what the MADAO policy gives under ``no_grad``.
+
+    Build it with :meth:`from_json` / :meth:`from_dict` or :meth:`MADAOPolicy.freeze`.
+    """
+
+    name: ClassVar[str] = "replay"
+
+    def __init__(
+        self,
+        logits: Tensor,
+        probability_raw: Tensor,
+        magnitude_raw: Tensor,
+        temperature: float = 0.05,
+        bernoulli_temperature: float = 0.05,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(temperature, bernoulli_temperature, eps)
+        k = logits.shape[0]
+        for key, value, width in (
+            ("logits", logits, len(OP_NAMES)),
+            ("probability_raw", probability_raw, len(OP_NAMES)),
+            ("magnitude_raw", magnitude_raw, len(MAGNITUDE_OPS)),
+        ):
+            if value.dim() != 2 or tuple(value.shape) != (k, width):
+                raise ValueError(
+                    f"ReplayPolicy: {key} must have shape ({k}, {width}), got {tuple(value.shape)}"
+                )
+            self.register_buffer(key, value.detach().clone())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplayPolicy:
+        """Build from :meth:`MADAOPolicy.to_dict` output (exact raw values)."""
+        tensors, settings = cls._parse_dict(data)
+        return cls(**tensors, **settings)
+
+    @classmethod
+    def from_json(cls, path: str | PathLike) -> ReplayPolicy:
+        """Read a policy written by :meth:`MADAOPolicy.save_json`."""
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    def _relaxed_by_default(self) -> bool:
+        """Replays always draw hard."""
+        return False

@@ -1,0 +1,247 @@
+"""One policy stage: what it draws per sample, the routine that applies it, and the random draws.
+
+A policy is a sequence of *stages*. In each stage every sample ``n`` of a batch draws one operation
+``i_n`` from the table :data:`madao_pl.augment.ops.OPERATIONS`, an apply weight ``b_n``, a magnitude
+``mu_n`` in ``[0, 1]`` and a sign ``s_n`` (+1 / -1), held in a :class:`StageSample`; every policy then
+runs the same routine, :func:`apply_stage`::
+
+    x_n <- scale_n * (b_n * O_{i_n}(x_n; mu_n, s_n) + (1 - b_n) * x_n)
+
+which groups the samples by operation, so each operation runs at most once per stage on exactly the
+samples that chose it (DESIGN.md §4: one op application per image, not all 14).
+
+Randomness: the draws take a :class:`torch.Generator` (``None`` = torch's global generator of the target
+device). Noise is drawn in float32 on the generator's own device and then moved to the target device, so
+a CPU generator gives the same draws whatever device the batch lives on.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from madao_pl.augment.ops import OPERATIONS
+
+__all__ = [
+    "StageSample",
+    "apply_stage",
+    "check_images",
+    "draw_randint",
+    "draw_uniform",
+    "gumbel_from_uniform",
+    "gumbel_noise",
+    "logistic_from_uniform",
+    "relaxed_one_hot",
+    "signs_from_uniform",
+]
+
+
+class StageSample(NamedTuple):
+    """What one stage drew for each of the B samples of a batch: the arguments of :func:`apply_stage`
+    after the images, in order (``apply_stage(images, *sample)``).
+
+    Attributes:
+        op_index: ``(B,)`` long, index into ``OPERATIONS`` of the operation each sample applies.
+        apply_weight: ``(B,)`` float, ``b_n``: exactly 1/0 (hard draw) or a relaxed Bernoulli sample.
+        magnitude: ``(B,)`` float in ``[0, 1]``, ``mu_n`` of the chosen operation (0 for ops without one).
+        sign: ``(B,)`` float, +1 or -1 (signed operations use it, the others ignore it).
+        scale: ``(B,)`` float equal to 1 in value that carries the selection gradient, or ``None``.
+    """
+
+    op_index: Tensor
+    apply_weight: Tensor
+    magnitude: Tensor
+    sign: Tensor
+    scale: Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------------
+
+
+def check_images(images: Tensor) -> None:
+    """Raise a ``ValueError`` saying how to convert unless ``images`` is a float ``(B, C, H, W)`` tensor.
+
+    Policies take float batches in ``[0, 1]``; the common mistakes (uint8 images, a single image without
+    a batch dimension) get a message naming the fix.
+    """
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        got = (
+            f"{type(images).__name__}"
+            if not isinstance(images, Tensor)
+            else f"{images.dtype} {tuple(images.shape)}"
+        )
+        raise ValueError(
+            f"policies take a float image batch of shape (B, C, H, W) with values in [0, 1], got {got}; "
+            "convert uint8 images with images.float() / 255 and add a batch dimension with images[None]"
+        )
+
+
+def _check_per_sample(name: str, value: Tensor, batch: int) -> None:
+    """Raise unless ``value`` holds one value per image: shape ``(batch,)``."""
+    if value.shape != (batch,):
+        raise ValueError(
+            f"apply_stage: {name} must have shape ({batch},) (one value per image), got {tuple(value.shape)}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The shared application routine
+# ----------------------------------------------------------------------------------------------------------
+
+
+def apply_stage(
+    images: Tensor,
+    op_index: Tensor,
+    apply_weight: Tensor,
+    magnitude: Tensor,
+    sign: Tensor,
+    scale: Tensor | None = None,
+) -> Tensor:
+    """Apply one policy stage: ``x_n <- scale_n * (b_n * O_{i_n}(x_n; mu_n, s_n) + (1 - b_n) * x_n)``.
+
+    The routine every policy uses. Samples are grouped by operation (one sort + one bincount), each
+    operation's ``fn`` is called at most once, on only the samples that chose it (``index_select``), and its
+    result is written into a copy of the batch with ``index_copy_``; there is no per-sample Python loop.
+    The blend is ``torch.lerp(x, O(x), b)``, exact for ``b`` in ``{0, 1}`` and differentiable in ``b``.
+    On a GPU the grouping costs a few host syncs per stage (``nonzero``, the group sizes).
+
+    Samples whose weight is exactly 0 skip the operation unless the weight itself needs a gradient
+    (grad enabled and ``apply_weight.requires_grad``): their output is then exactly ``x_n`` and no
+    gradient can flow through the skipped operation. So hard draws (no-grad steps, fixed policies)
+    cost one operation per *applied* sample.
+
+    Args:
+        images: ``(B, C, H, W)`` float in ``[0, 1]``.
+        op_index: ``(B,)`` long in ``[0, len(OPERATIONS))``.
+        apply_weight: ``(B,)`` float ``b_n`` in ``[0, 1]``.
+        magnitude: ``(B,)`` float ``mu_n`` in ``[0, 1]``.
+        sign: ``(B,)`` float, +1 / -1.
+        scale: ``(B,)`` float multiplier (the straight-through selection factor) or ``None`` for 1.
+
+    Returns:
+        ``(B, C, H, W)`` augmented images (a new tensor; ``images`` is not modified).
+    """
+    check_images(images)
+    batch = images.shape[0]
+    if op_index.dtype != torch.long:
+        raise ValueError(
+            f"apply_stage: op_index must be a long tensor of operation indices, got {op_index.dtype}"
+        )
+    for name, value in (
+        ("op_index", op_index),
+        ("apply_weight", apply_weight),
+        ("magnitude", magnitude),
+        ("sign", sign),
+    ):
+        _check_per_sample(name, value, batch)
+    if scale is not None:
+        _check_per_sample("scale", scale, batch)
+    if batch == 0:
+        return images if scale is None else images * scale.view(-1, 1, 1, 1)
+
+    num_ops = len(OPERATIONS)
+    weight_needs_grad = torch.is_grad_enabled() and apply_weight.requires_grad
+    if weight_needs_grad:
+        active = torch.arange(batch, device=images.device)
+    else:
+        active = torch.nonzero(apply_weight != 0).squeeze(1)
+    active_ops = op_index[active]
+    order = torch.argsort(active_ops, stable=True)
+    active = active[order]
+    counts = torch.bincount(active_ops, minlength=num_ops).tolist()
+    if len(counts) > num_ops:
+        raise ValueError(f"apply_stage: op_index has values >= {num_ops}, the number of operations")
+
+    # Hard draws (every remaining weight exactly 1, no gradient to it) need no blend: O(x) is the output.
+    hard = not weight_needs_grad and bool((apply_weight[active] == 1).all())
+    dtype = images.dtype
+    magnitudes = magnitude[active].to(dtype)
+    signs = sign[active].to(dtype)
+    weights = apply_weight[active].to(dtype).view(-1, 1, 1, 1)
+    out = images.clone() if active.numel() > 0 else images
+    start = 0
+    for op_id, count in enumerate(counts):
+        if count == 0:
+            continue
+        group = slice(start, start + count)
+        start += count
+        idx = active[group]
+        x = images.index_select(0, idx)
+        y = OPERATIONS[op_id].fn(x, magnitudes[group], signs[group])
+        out.index_copy_(0, idx, y if hard else torch.lerp(x, y, weights[group]))
+    if scale is not None:
+        out = out * scale.to(dtype).view(-1, 1, 1, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Random draws
+# ----------------------------------------------------------------------------------------------------------
+
+
+def draw_uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Float32 U[0, 1) of ``shape`` from ``generator`` (drawn on its own device), returned on ``device``.
+
+    With ``generator=None`` it draws from torch's global generator of ``device``.
+    """
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def draw_randint(
+    high: int, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """Long uniform integers in ``[0, high)`` of ``shape`` from ``generator``, returned on ``device``."""
+    if generator is None:
+        return torch.randint(high, shape, device=device)
+    return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
+
+
+def signs_from_uniform(uniform: Tensor, dtype: torch.dtype) -> Tensor:
+    """Fair +1 / -1 signs (+1 where ``uniform < 0.5``), same shape as the U[0, 1) draws ``uniform``."""
+    return torch.where(uniform < 0.5, 1.0, -1.0).to(dtype)
+
+
+def gumbel_from_uniform(u: Tensor) -> Tensor:
+    """Standard Gumbel noise ``-log(-log u)`` from U[0, 1) draws ``u`` (any shape; u clamped away from 0)."""
+    return -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+
+
+def logistic_from_uniform(u: Tensor) -> Tensor:
+    """Standard logistic noise ``log u - log(1 - u)`` from U[0, 1) draws ``u`` (any shape; u clamped away
+    from 0). ``1[logit(p) + l > 0]`` is then Bernoulli(p), and ``sigmoid((logit(p) + l) / tau)`` its
+    relaxation (Maddison et al. 2017)."""
+    u = u.clamp_min(torch.finfo(u.dtype).tiny)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def gumbel_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Standard Gumbel noise ``-log(-log U)`` of ``shape``, float32, from ``generator`` (U clamped away
+    from 0), returned on ``device``."""
+    u = draw_uniform(shape, generator, torch.device(device))
+    return gumbel_from_uniform(u)
+
+
+def relaxed_one_hot(logits: Tensor, gumbels: Tensor, temperature: float) -> Tensor:
+    """Gumbel-softmax sample ``u = softmax((logits + g) / tau)`` (Jang et al. 2017; paper eq. 10).
+
+    The temperature divides ``logits + g`` once. (Dividing the logits by tau before adding the noise, as a
+    public implementation did, samples ``argmax`` from ``softmax(logits / tau)`` instead of
+    ``softmax(logits)``.)
+
+    Args:
+        logits: ``(N,)`` or ``(B, N)`` unnormalised log-probabilities ``pi``.
+        gumbels: ``(B, N)`` standard Gumbel noise.
+        temperature: ``tau > 0``.
+
+    Returns:
+        ``(B, N)`` points of the simplex; ``argmax`` is distributed as ``softmax(logits)`` for every tau.
+    """
+    return torch.softmax((logits + gumbels) / temperature, dim=-1)

@@ -1,0 +1,60 @@
+"""An endless stream of batches from a loader, for the held-out batches the MADAO hyper step draws."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+__all__ = ["BatchStream"]
+
+
+class BatchStream:
+    """Batches from ``make_loader()``, one at a time, starting a new pass whenever one ends.
+
+    Each pass calls ``loader.sampler.set_epoch(pass number)`` where the sampler has it (a
+    ``DistributedSampler`` then reshuffles, identically on every rank). :meth:`restart` begins a fresh
+    pass (the module calls it at each training epoch, so a run resumed from an epoch checkpoint draws the
+    same batches); :meth:`state_dict` holds the pass number for checkpoints.
+
+    Args:
+        make_loader: returns the loader (called lazily, at the first batch of each pass).
+    """
+
+    def __init__(self, make_loader: Callable[[], Iterable[Any]]) -> None:
+        self.make_loader = make_loader
+        self.passes = 0
+        self._iterator: Iterator[Any] | None = None
+
+    def restart(self) -> None:
+        """Begin a new pass at the next batch (without advancing the pass number)."""
+        self._iterator = None
+
+    def _begin(self) -> Iterator[Any]:
+        loader = self.make_loader()
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.passes)
+        return iter(loader)
+
+    def next(self) -> Any:
+        """The next batch; a loader without any batch raises ``ValueError``."""
+        if self._iterator is None:
+            self._iterator = self._begin()
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self.passes += 1
+            self._iterator = self._begin()
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                raise ValueError(
+                    "the hyper-validation loader yields no batch: give it at least one sample"
+                ) from None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"passes": self.passes}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.passes = int(state.get("passes", 0))
+        self._iterator = None

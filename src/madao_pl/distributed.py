@@ -1,0 +1,48 @@
+"""The few collectives MADAO does by hand under DDP (DESIGN.md §6).
+
+DDP's reducer averages only gradients that go through ``backward``; the hyper step takes its gradients with
+``torch.autograd.grad``, so they are averaged here, in one flat all-reduce. Every function is the identity
+(or a no-op) when ``torch.distributed`` is not initialised or has one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["all_reduce_mean", "broadcast_", "flatten", "set_grads"]
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def flatten(tensors: Sequence[Tensor]) -> Tensor:
+    """One flat tensor of every entry of ``tensors``, in order (for one collective)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def all_reduce_mean(flat: Tensor) -> Tensor:
+    """The mean of ``flat`` over all ranks (every rank must call it: never behind a rank-local condition)."""
+    world = _world_size()
+    if world == 1:
+        return flat
+    flat = flat.contiguous()
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return flat / world
+
+
+def broadcast_(tensors: Iterable[Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` in place with rank ``src``'s values (e.g. the policy at the start of fit)."""
+    if _world_size() > 1:
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=src)
+
+
+def set_grads(params: Sequence[nn.Parameter], flat: Tensor) -> None:
+    """Give each parameter its slice of ``flat`` (in order) as its ``.grad``."""
+    for p, piece in zip(params, torch.split(flat, [p.numel() for p in params]), strict=True):
+        p.grad = piece.view_as(p).to(p.dtype).clone()

@@ -1,0 +1,116 @@
+"""The one-path redesign (issue 11) changed no number: outputs recorded on the code before it.
+
+``tests/data/regression.pt`` was written by ``tests/data/record_regression.py`` (in git history: commit
+"Regression fixture recorded on the code before the one-path redesign") on a fixed batch and seed after the
+shear-origin change and before the redesign: the hyper step's hypergradient, network gradient, losses,
+product count and BatchNorm buffers for five settings (float64), the augmented images, and a 4-epoch digits
+fit (test error, validation error, hyper steps, learned policy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from madao_pl.augment import MADAOPolicy, cutout
+from madao_pl.hyperstep import HyperStepConfig, hyper_step
+from madao_pl.models import SmallCNN
+from madao_pl.run import train
+from tests.conftest import TINY, compose_config
+
+DATA = Path(__file__).parent / "data" / "regression.pt"
+SIZE, BATCH, CUTOUT, POLICY_SEED, GLOBAL_SEED = 12, 12, 4, 3, 7
+SETTINGS = {
+    "plain": HyperStepConfig(neumann_tol=0.0),
+    "fast": HyperStepConfig(neumann_tol=1e-4),
+    "recompute": HyperStepConfig(neumann_tol=1e-4, recompute=True),
+    "neumann_large_alpha": HyperStepConfig(neumann_tol=0.0, neumann_steps=20, neumann_alpha=0.05),
+    "cg": HyperStepConfig(method="cg", cg_iterations=10),
+}
+FIT = ("trainer.max_epochs=4", "dataset.datamodule.limit_train=640", "model.net.width=16")
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict:
+    return torch.load(DATA, weights_only=False)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images - 0.5) / 0.25
+
+
+def problem():
+    """The recorded problem: SmallCNN(width 4) with BatchNorm and a perturbed MADAO policy, float64."""
+    torch.manual_seed(0)
+    net = SmallCNN(num_classes=3, width=4).double()
+    policy = MADAOPolicy().double()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(11)
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(BATCH, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (BATCH,), generator=g)
+    val_images = torch.rand(BATCH, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+    val_labels = torch.randint(0, 3, (BATCH,), generator=g)
+    return net, policy, (images, labels), (val_images, val_labels)
+
+
+def _assert_close(new, old, rtol: float = 1e-6) -> None:
+    new = torch.cat([t.reshape(-1) for t in new])
+    old = torch.cat([t.reshape(-1) for t in old])
+    assert float((new - old).norm() / old.norm()) < rtol
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_hyper_step_is_unchanged(recorded, name):
+    net, policy, batch, val_batch = problem()
+    torch.manual_seed(GLOBAL_SEED)
+    result = hyper_step(
+        net,
+        policy,
+        batch,
+        val_batch,
+        normalize=normalize,
+        cutout_size=CUTOUT,
+        config=SETTINGS[name],
+        generator=torch.Generator().manual_seed(POLICY_SEED),
+    )
+    old = recorded["hyper_step"][name]
+    _assert_close(result.hypergrad, old["hypergrad"])
+    _assert_close(result.network_grads, old["network_grads"])
+    _assert_close([result.train_loss, result.val_loss], [old["train_loss"], old["val_loss"]])
+    _assert_close(list(net.buffers()), old["buffers"])
+    assert result.info.hvps == old["hvps"]
+
+
+def test_augmented_images_are_unchanged(recorded):
+    net, policy, (images, _), _ = problem()
+    with torch.no_grad():
+        hard = policy(images, generator=torch.Generator().manual_seed(POLICY_SEED))
+    relaxed = policy(images, generator=torch.Generator().manual_seed(POLICY_SEED)).detach()
+    torch.manual_seed(GLOBAL_SEED)
+    old = recorded["augment"]
+    assert torch.equal(hard, old["hard"])
+    torch.testing.assert_close(relaxed, old["relaxed"], rtol=0, atol=1e-12)
+    assert torch.equal(cutout(images, CUTOUT), old["cutout"])
+
+
+@pytest.mark.slow
+def test_digits_fit_is_unchanged(recorded, tmp_path):
+    results = train(compose_config(tmp_path, *TINY, *FIT))
+    old = recorded["fit"]
+    assert results["test_error"] == old["test_error"]
+    assert results["val_error"] == old["val_error"]
+    assert results["hyper_steps"] == old["hyper_steps"]
+    assert results["hvps"] == old["hvps"]
+    for new_stage, old_stage in zip(results["policy"]["stages"], old["policy"]["stages"], strict=True):
+        for op, values in old_stage.items():
+            for key, value in values.items():
+                new_key = "apply" if key == "probability" else key
+                if value is not None:
+                    assert abs(new_stage[op][new_key] - value) < 1e-6, (op, key)
