@@ -39,7 +39,7 @@ import torchvision
 import torchvision.transforms.v2 as v2
 from kornia.augmentation.auto import RandAugment as KorniaRandAugment
 
-from madao_pl.augment.policy import AutoAugmentPolicy, MADAOPolicy, RandAugmentPolicy, TrivialAugmentPolicy
+from madao_pl.augment import AutoAugmentPolicy, MADAOPolicy, RandAugmentPolicy, TrivialAugmentPolicy
 
 RATIO_TARGET = 1.5
 
