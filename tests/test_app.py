@@ -20,7 +20,7 @@ from madao_pl.run import ConfigError, train
 from tests.conftest import TINY, compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "madao_pl" / "conf"
-DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml") if not p.stem.startswith("_"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 AUGMENTS = sorted(p.stem for p in (CONF / "augment").glob("*.yaml") if not p.stem.startswith("_"))
 FIXED_AUGMENTS = ["baseline", "randaugment", "autoaugment", "trivialaugment"]
