@@ -3,11 +3,9 @@ sweep layouts, settings that must (and must not) split a cell, and problems repo
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -227,89 +225,7 @@ def test_cli_writes_markdown_and_refuses_bad_input(
     assert "no usable results.json" in capsys.readouterr().err
 
 
-# --- the experiment scripts and a real multirun -------------------------------------------------
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-SHELL_VALUES = {
-    "$augment": "madao",
-    "${augment}": "madao",
-    "$seed": "0",
-    "${seed}": "0",
-    "$OUT": "out",
-}
-
-
-def script_commands(script: Path) -> list[list[str]]:
-    """The Hydra overrides of every ``madao_pl.run`` command in a script, shell variables filled in."""
-    text = script.read_text().replace("\\\n", " ")
-    variables = dict(SHELL_VALUES)
-    for line in text.splitlines():
-        if line.startswith("METHODS="):
-            variables["$METHODS"] = line.split("=", 1)[1]
-    commands = []
-    for line in text.splitlines():
-        if "-m madao_pl.run" not in line or line.lstrip().startswith("#"):
-            continue
-        tokens = shlex.split(line.split("-m madao_pl.run", 1)[1])
-        overrides = []
-        for token in tokens:
-            if token in ("-m", "$@"):
-                continue
-            for name, value in sorted(variables.items(), key=lambda item: -len(item[0])):
-                token = token.replace(name, value)
-            overrides.append(token)
-        commands.append(overrides)
-    return commands
-
-
-def expand(overrides: list[str]) -> list[list[str]]:
-    """Every job of a sweep (comma lists expanded; seeds and hydra.* keys left out)."""
-    fixed, swept = [], []
-    for override in overrides:
-        key, value = override.split("=", 1)
-        if key.startswith("hydra") or key == "seed":
-            continue
-        if "," in value:
-            swept.append([f"{key}={v}" for v in value.split(",")])
-        else:
-            fixed.append(override)
-    return [[*fixed, *combo] for combo in itertools.product(*swept)]
-
-
-@pytest.mark.parametrize("script", sorted(p.name for p in EXPERIMENTS.glob("*.sh")))
-def test_experiment_scripts_compose_and_pass_the_config_checks(script: str, tmp_path: Path) -> None:
-    """Every job every script launches is a valid config: each override names an existing key or
-    group choice (Hydra refuses others), and the values pass madao_pl.run's checks."""
-    commands = script_commands(EXPERIMENTS / script)
-    assert commands, f"{script} launches no madao_pl.run command"
-    jobs = [job for command in commands for job in expand(command)]
-    for job in jobs:
-        cfg = compose_config(tmp_path, *job)
-        check_config(cfg)
-        assert cfg.augment.inner_steps >= 1
-
-
-def test_experiment_scripts_cover_the_paper() -> None:
-    """Tables 2-4 and Figures 2-6 each have a script with the paper's settings."""
-    jobs = {
-        script.name: [job for command in script_commands(script) for job in expand(command)]
-        for script in EXPERIMENTS.glob("*.sh")
-    }
-    table2 = {tuple(sorted(j)) for j in jobs["table2_cifar.sh"] if "dataset=cifar10" in j}
-    assert len(table2) == 4 * 5  # four networks x five methods
-    assert any("dataset=cifar100" in j and "model=wrn28_2" in j for j in jobs["table2_cifar.sh"])
-    assert any("dataset=svhn" in j for j in jobs["table2_svhn.sh"])
-    assert {f"dataset={d}" for d in ("flowers", "pets", "aircraft", "cars")} <= {
-        o for j in jobs["table4_finegrained.sh"] for o in j
-    }
-    assert any("trainer.devices=8" in j and "dataset=imagenet" in j for j in jobs["table3_imagenet.sh"])
-    assert {f"augment.inner_steps={s}" for s in (5, 10, 30, 50, 100)} <= {
-        o for j in jobs["fig3_inner_steps.sh"] for o in j
-    }
-    assert {f"augment.warmup_epochs={w}" for w in (0, 10, 20, 30)} <= {
-        o for j in jobs["fig6_warmup.sh"] for o in j
-    }
-    assert all("augment=madao" in j for j in jobs["fig2_fig4_fig5_policies.sh"])
+# --- a real multirun (the experiment configs are tested in tests/test_experiments.py) ---------------
 
 
 @pytest.mark.slow
