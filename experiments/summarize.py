@@ -8,7 +8,8 @@ standard deviation, n - 1):
   in the paper's order (baseline, autoaugment, randaugment, trivialaugment, madao, then any other);
 - ``--by KEY`` (paper Figures 3 and 6: ``--by inner_steps``, ``--by warmup_epochs``): one row per
   dataset / model / method, one column per value of KEY (a results.json key or a dotted config key
-  such as ``augment.inner_steps``; a unique suffix such as ``magnitude`` also works).
+  such as ``augment.inner_steps``; a unique suffix such as ``magnitude`` also works); ``--plot PNG``
+  also draws it (mean against the value, the std as error bars).
 
 Runs are averaged only when their configs agree on everything but the seed and paths: any other
 config key that differs inside a (dataset, model, augment) group splits it, and the differing
@@ -17,7 +18,8 @@ silently: an unreadable or incomplete ``results.json``, a run without a test err
 directory without ``results.json`` (failed or still running) and a seed that appears twice in one
 cell are all listed under "Problems" (and on stderr); ``--strict`` then exits with status 1.
 
-Run: ``python experiments/summarize.py multirun/2024-01-01_00-00-00 [--by inner_steps] [--out table.md]``
+Run: ``python experiments/summarize.py multirun/2024-01-01_00-00-00 [--by inner_steps] [--out table.md]
+[--plot figure.png]``
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ IGNORED_KEYS = (
 # results.json's own copies of the sweep keys (also present, nested, in its config).
 TOP_LEVEL_KEYS = ("inner_steps", "warmup_epochs")
 REQUIRED = ("dataset", "model", "augment")
+# results.json's numbers kept with each run (the first two are the error rates a table can show).
+METRICS = ("test_error", "val_error", "fit_seconds", "hyper_steps")
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,26 @@ class Run:
     settings: dict[str, Any]
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table (benchmarks/report.py renders its tables with it too)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 @dataclass
 class Cell:
     """The runs of one table cell and their statistics (in %)."""
 
     values: list[float] = field(default_factory=list)
-    seeds: list[Any] = field(default_factory=list)
-    paths: list[Path] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [run.seed for run in self.runs]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [run.path for run in self.runs]
 
     @property
     def n(self) -> int:
@@ -164,7 +181,7 @@ def read_run(path: Path, metric: str) -> tuple[Run | None, str | None]:
     settings = flatten(config if isinstance(config, dict) else {})
     settings.update({key: data[key] for key in TOP_LEVEL_KEYS if key in data})
     settings = {key: value for key, value in settings.items() if not _ignored(key)}
-    metrics = {key: data.get(key) for key in ("test_error", "val_error")}
+    metrics = {key: data.get(key) for key in METRICS}
     run = Run(path, data["dataset"], data["model"], data["augment"], data.get("seed"), metrics, settings)
     return run, None
 
@@ -271,8 +288,7 @@ def summarize(runs: list[Run], by: str | None = None, metric: str = "test_error"
             row_sort[row] = (_order(dataset, DATASET_ORDER), _order(model, MODEL_ORDER), method_sort)
             cell = cells[(row, column)]
             cell.values.append(100.0 * run.metrics[metric])
-            cell.seeds.append(run.seed)
-            cell.paths.append(run.path)
+            cell.runs.append(run)
     problems = []
     for (row, column), cell in cells.items():
         for seed in sorted({s for s in cell.seeds if cell.seeds.count(s) > 1}, key=str):
@@ -288,15 +304,42 @@ def render_markdown(table: Table, problems: list[str]) -> str:
     """The table as GitHub markdown, a caption naming the statistic, and the problems (if any)."""
     what = "test error" if table.metric == "test_error" else "validation error"
     layout = f", columns: {table.by}" if table.by else ""
-    lines = [f"{what.capitalize()} (%), mean ± sample std (number of runs){layout}:", ""]
-    lines.append("| " + " | ".join([*table.row_header, *table.columns]) + " |")
-    lines.append("|" + "---|" * (len(table.row_header) + len(table.columns)))
-    for row in table.rows:
-        texts = [table.cells[(row, c)].text() if (row, c) in table.cells else "—" for c in table.columns]
-        lines.append("| " + " | ".join([*row, *texts]) + " |")
+    rows = [
+        [*row, *(table.cells[(row, c)].text() if (row, c) in table.cells else "—" for c in table.columns)]
+        for row in table.rows
+    ]
+    body = markdown_table([*table.row_header, *table.columns], rows)
+    lines = [f"{what.capitalize()} (%), mean ± sample std (number of runs){layout}:", "", body]
     if problems:
         lines += ["", f"Problems ({len(problems)}):", ""] + [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def plot_table(table: Table, path: Path, title: str = "") -> None:
+    """A ``--by`` table as a figure (paper Figures 3 and 6): mean against the value, one line per row, the
+    sample std as error bars; numeric columns only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric = [c for c in table.columns if c.lstrip("-").replace(".", "", 1).isdigit()]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for row in table.rows:
+        cells = [(float(c), table.cells[(row, c)]) for c in numeric if (row, c) in table.cells]
+        xs, means, stds = [x for x, _ in cells], [c.mean for _, c in cells], [c.std or 0.0 for _, c in cells]
+        ax.errorbar(xs, means, yerr=stds, fmt="o-", capsize=3, label=" / ".join(row))
+    if table.by == "inner_steps":
+        ax.set_xscale("log")
+    ax.set_xticks([float(c) for c in numeric], numeric)
+    ax.minorticks_off()
+    ax.set_xlabel(table.by or "")
+    ax.set_ylabel(f"{table.metric.replace('_', ' ')} (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", nargs="+", help="only these methods (e.g. madao for the sweeps)")
     parser.add_argument("--metric", choices=["test_error", "val_error"], default="test_error")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--plot", type=Path, help="with --by: also draw the table as a PNG here")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if there are problems")
     args = parser.parse_args(argv)
 
@@ -328,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"problem: {problem}", file=sys.stderr)
     if args.out:
         args.out.write_text(text)
+    if args.plot and table.by:
+        plot_table(table, args.plot)
     return 1 if args.strict and problems else 0
 
 

@@ -11,10 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from experiments.summarize import collect, main, render_markdown, summarize
+from experiments.summarize import (
+    collect,
+    main,
+    markdown_table,
+    render_markdown,
+    summarize,
+)
 
-from madao_pl.run import check_config
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY
 
 
 def write_run(
@@ -204,6 +209,18 @@ def test_problems_are_reported_not_dropped(table2_dir: Path, capsys: pytest.Capt
     assert main([str(table2_dir), "--strict"]) == 1
 
 
+def test_plot_of_a_sweep(tmp_path: Path) -> None:
+    """--plot draws a --by table (one line per row, numeric columns on the x axis); without --by, nothing."""
+    root = tmp_path / "multirun"
+    for inner in (5, 30):
+        write_run(root, f"s{inner}", "cifar10", "wrn28_2", "madao", 0, 0.05, inner_steps=inner)
+    figure = tmp_path / "sweep.png"
+    assert main([str(root), "--by", "inner_steps", "--plot", str(figure)]) == 0
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    figure.unlink()
+    assert main([str(root), "--plot", str(figure)]) == 0 and not figure.exists()
+
+
 def test_cli_writes_markdown_and_refuses_bad_input(
     table2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -225,7 +242,25 @@ def test_cli_writes_markdown_and_refuses_bad_input(
     assert "no usable results.json" in capsys.readouterr().err
 
 
-# --- a real multirun (the experiment configs are tested in tests/test_experiments.py) ---------------
+def test_markdown_table() -> None:
+    """The table helper benchmarks/report.py also renders with."""
+    assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+def test_cells_keep_their_runs_metrics(table2_dir: Path) -> None:
+    """Each cell keeps its runs, with results.json's fit time and hyper steps beside the errors."""
+    root = table2_dir / "2024-01-01_00-00-00"
+    path = write_run(root, "99_timed", "digits", "cnn", "madao", 0, 0.05)
+    data = json.loads((path / "results.json").read_text())
+    (path / "results.json").write_text(json.dumps({**data, "fit_seconds": 12.5, "hyper_steps": 7}))
+    runs, _ = collect([table2_dir])
+    cell = summarize(runs)[0].cells[(("digits", "cnn"), "MADAO")]
+    assert [run.metrics["fit_seconds"] for run in cell.runs] == [12.5]
+    assert (
+        cell.runs[0].metrics["hyper_steps"] == 7
+        and cell.seeds == [0]
+        and cell.paths == [path / "results.json"]
+    )
 
 
 @pytest.mark.slow

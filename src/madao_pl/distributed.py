@@ -13,26 +13,26 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_reduce_mean", "broadcast_", "flatten", "set_grads"]
+__all__ = ["broadcast_", "mean_over_ranks", "set_grads"]
 
 
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def flatten(tensors: Sequence[Tensor]) -> Tensor:
-    """One flat tensor of every entry of ``tensors``, in order (for one collective)."""
-    return torch.cat([t.reshape(-1) for t in tensors])
+def mean_over_ranks(*groups: Sequence[Tensor]) -> list[Tensor]:
+    """Each group of tensors as one flat tensor, averaged over all ranks in a single all-reduce.
 
-
-def all_reduce_mean(flat: Tensor) -> Tensor:
-    """The mean of ``flat`` over all ranks (every rank must call it: never behind a rank-local condition)."""
+    Every rank must call it (never behind a rank-local condition). One process: the flat groups as they are.
+    """
+    sizes = [sum(t.numel() for t in group) for group in groups]
+    flat = torch.cat([t.reshape(-1) for group in groups for t in group])
     world = _world_size()
-    if world == 1:
-        return flat
-    flat = flat.contiguous()
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    return flat / world
+    if world > 1:
+        flat = flat.contiguous()
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat / world
+    return list(flat.split(sizes))
 
 
 def broadcast_(tensors: Iterable[Tensor], src: int = 0) -> None:

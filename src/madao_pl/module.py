@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from madao_pl.augment import Policy, cutout
 from madao_pl.data.stream import BatchStream
-from madao_pl.distributed import all_reduce_mean, broadcast_, flatten, set_grads
+from madao_pl.distributed import broadcast_, mean_over_ranks, set_grads
 from madao_pl.hyperstep import HyperStepConfig, augment_batch, hyper_step
 from madao_pl.rng import get_rng_states, set_rng_states
 
@@ -34,6 +34,17 @@ COUNTERS = ("inner_step", "hyper_steps", "skipped_hyper_steps", "total_hvps")
 def _rmsprop(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """RMSprop with lr 1e-2, the paper's policy optimiser (Appendix B)."""
     return torch.optim.RMSprop(params, lr=1e-2)
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _step(optimizer: torch.optim.Optimizer, module: nn.Module, flat_grad: Tensor) -> None:
+    """One step of ``optimizer`` with ``flat_grad`` as the gradient of ``module``'s trainable parameters."""
+    optimizer.zero_grad()
+    set_grads(_trainable(module), flat_grad)
+    optimizer.step()
 
 
 class MADAOModule(pl.LightningModule):
@@ -158,35 +169,18 @@ class MADAOModule(pl.LightningModule):
 
     def _hyper_step(self, images: Tensor, labels: Tensor) -> Tensor:
         """The s-th step: hyper step, then both optimiser steps with rank-averaged gradients."""
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        hparams = [p for p in self.policy.parameters() if p.requires_grad]
-        val_images, val_labels = self.hyper_batches.next()
-        val_batch = (
-            val_images.to(self.device, non_blocking=True),
-            val_labels.to(self.device, non_blocking=True),
-        )
+        val_images, val_labels = (t.to(self.device, non_blocking=True) for t in self.hyper_batches.next())
         result = hyper_step(
-            self.net,
-            self.policy,
-            (images, labels),
-            val_batch,
-            normalize=self.normalize,
-            cutout_size=self.cutout_size,
-            config=self.hyper,
-        )
+            self.net, self.policy, (images, labels), (val_images, val_labels),
+            normalize=self.normalize, cutout_size=self.cutout_size, config=self.hyper,
+        )  # fmt: skip
         with record_function("madao/optimizer_steps"):
-            both = all_reduce_mean(flatten((*result.network_grads, *result.hypergrad)))
-            policy_size = sum(h.numel() for h in hparams)
-            network_grads, hypergrad = both.split([both.numel() - policy_size, policy_size])
+            network_grads, hypergrad = mean_over_ranks(result.network_grads, result.hypergrad)
             net_opt, policy_opt = self._optimizers()
-            net_opt.zero_grad()
-            set_grads(params, network_grads)
-            net_opt.step()
+            _step(net_opt, self.net, network_grads)
             finite = bool(torch.isfinite(hypergrad).all())
             if finite:
-                policy_opt.zero_grad()
-                set_grads(hparams, hypergrad)
-                policy_opt.step()
+                _step(policy_opt, self.policy, hypergrad)
         self.hyper_steps += 1
         self.total_hvps += result.info.hvps
         if not finite:
@@ -247,17 +241,14 @@ class MADAOModule(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         self.val_accuracy.update(logits, labels)
-        self.log(
-            "val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True, batch_size=len(labels)
-        )
+        self.log("val/loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=len(labels))
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/error", 1.0 - self.val_accuracy.compute(), prog_bar=True)
         self.val_accuracy.reset()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        images, labels = batch
-        self.test_accuracy.update(self(images), labels)
+        self.test_accuracy.update(self(batch[0]), batch[1])
 
     def on_test_epoch_end(self) -> None:
         self.log("test/error", 1.0 - self.test_accuracy.compute())
@@ -265,12 +256,12 @@ class MADAOModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisers and checkpoints
     def configure_optimizers(self) -> Any:
-        net_opt = self.optimizer_factory([p for p in self.net.parameters() if p.requires_grad])
-        optimizers = [net_opt]
-        if self.learns_policy:
-            optimizers.append(
-                self.policy_optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
-            )
+        net_opt = self.optimizer_factory(_trainable(self.net))
+        optimizers = (
+            [net_opt, self.policy_optimizer_factory(_trainable(self.policy))]
+            if self.learns_policy
+            else [net_opt]
+        )
         return optimizers, [] if self.scheduler_factory is None else [self.scheduler_factory(net_opt)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -53,7 +53,8 @@ def check_config(cfg: DictConfig) -> None:
 def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """``instantiate`` the node at ``key``; a ``ValueError`` of the object built becomes a one-line
     :class:`ConfigError` naming the config key of the argument it names (the library's messages start with
-    the argument's name; an argument set by interpolation, ``${augment.inner_steps}``, is named by its source)."""
+    the argument's name; an argument set by interpolation, ``${augment.inner_steps}``, is named by its
+    source)."""
     node = OmegaConf.select(cfg, key)
     try:
         return instantiate(node, _convert_="object", **kwargs)
@@ -129,8 +130,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mean=datamodule.mean,
         std=datamodule.std,
     )
-    callbacks = [build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c]
-    loggers = [build(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c and "_target_" in c]
+    callbacks = [
+        build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c
+    ]
+    loggers = [
+        build(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c and "_target_" in c
+    ]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -157,7 +162,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "hyper_steps": int(module.hyper_steps),
         "skipped_hyper_steps": int(module.skipped_hyper_steps),
         "hvps": int(module.total_hvps),
-        "hvps_per_hyper_step": int(module.total_hvps) / int(module.hyper_steps) if module.hyper_steps else None,
+        "hvps_per_hyper_step": int(module.total_hvps) / int(module.hyper_steps)
+        if module.hyper_steps
+        else None,
         "fit_seconds": fit_seconds,
         "device": str(module.device),
         "world_size": trainer.world_size,

@@ -14,8 +14,8 @@ from .base import (
     stratified_split,
 )
 from .digits import DigitsDataModule
-from .stream import BatchStream
 from .folder import FolderDataModule, ImageNetDataModule
+from .stream import BatchStream
 from .torchvision_sets import (
     AircraftDataModule,
     CarsDataModule,
