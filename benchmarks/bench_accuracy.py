@@ -85,18 +85,21 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
             {"path": str(r.path), **{k: r.settings.get(k, getattr(r, k, None)) for k in fields}, **r.metrics}
             for r in runs
         ]
-    madao = sorted((r for r in found["methods"] if r.augment == "madao"), key=lambda r: str(r.seed))
+    madao = sorted(
+        (r for r in found["methods"] if r.augment == "madao"), key=lambda r: (r.dataset, str(r.seed))
+    )
     for run in madao[:1]:
         for name in ("policy_evolution.png", "policy_parameters.png"):
             if (run.path.parent / name).is_file():
                 shutil.copyfile(run.path.parent / name, out.parent / f"madao_{name}")
     seeds = sorted({r["seed"] for r in records["methods"]}, key=str)
+    per_dataset = {run.dataset: settings_of(run) for run in reversed(madao)}
     return {
         "benchmark": "test error on digits: methods x seeds, MADAO inner-step and warm-up sweeps",
         **stamp("benchmarks.bench_accuracy", argv, torch_threads=1),
         "runs_dir": str(runs_dir),
         "sweep_exit_status": statuses,
-        "settings": {**(settings_of(madao[0]) if madao else {}), "seeds": seeds},
+        "settings": {"datasets": dict(sorted(per_dataset.items())), "seeds": seeds},
         "tables": tables,
         "runs": records,
         "problems": all_problems,

@@ -192,16 +192,19 @@ def cost_summary(report: dict[str, Any] | None) -> str:
 
 
 def accuracy_caption(report: dict[str, Any]) -> str:
-    """The shared settings of every run, as accuracy.json read them from a MADAO run's config."""
+    """The shared settings of the runs, per data set, as accuracy.json read them from a MADAO run's config."""
     s = report["settings"]
-    if "dataset" not in s:
+    if not s.get("datasets"):
         return "Settings unknown: the methods sweep has no MADAO run."
+    parts = [
+        f"{name}: model `{d['model']}`, {d['epochs']} epochs, batch {d['batch_size']}, MADAO s = "
+        f"{d['inner_steps']}, w = {d['warmup_epochs']}, tau = {d['temperature']}, J = {d['neumann_steps']}, "
+        f"alpha = {d['neumann_alpha']}, neumann_tol = {d['neumann_tol']}"
+        for name, d in s["datasets"].items()
+    ]
     return (
-        f"Every run: {s['dataset']}, model `{s['model']}`, {s['epochs']} epochs, batch {s['batch_size']}; "
-        f"MADAO with s = {s['inner_steps']}, w = {s['warmup_epochs']}, tau = {s['temperature']}, "
-        f"J = {s['neumann_steps']}, "
-        f"alpha = {s['neumann_alpha']}, neumann_tol = {s['neumann_tol']}; seeds {s['seeds']}; no per-method "
-        "tuning, every method through the same ops and module."
+        f"{'; '.join(parts)}. Seeds {s['seeds']}; no per-method or per-data-set tuning, every method through "
+        "the same ops and module."
     )
 
 

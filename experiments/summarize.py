@@ -36,14 +36,29 @@ from pathlib import Path
 from typing import Any
 
 METHOD_ORDER = ("baseline", "autoaugment", "randaugment", "trivialaugment", "madao")
+METHOD_ORDER += ("madao_paper", "madao_initial", "replay")
 METHOD_LABELS = {
     "baseline": "Baseline",
     "autoaugment": "AutoAugment",
     "randaugment": "RandAugment",
     "trivialaugment": "TrivialAugment",
     "madao": "MADAO",
+    "madao_paper": "MADAO (paper settings)",
+    "madao_initial": "MADAO's initial policy, frozen",
+    "replay": "MADAO's learned policy, replayed",
 }
-DATASET_ORDER = ("cifar10", "cifar100", "svhn", "imagenet", "flowers", "pets", "aircraft", "cars", "digits")
+DATASET_ORDER = (
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "imagenet",
+    "flowers",
+    "pets",
+    "aircraft",
+    "cars",
+    "digits",
+    "digits_low",
+)
 MODEL_ORDER = ("wrn28_2", "wrn40_2", "wrn28_10", "resnet18", "resnet50", "cnn")
 # Config keys that may differ between replicas of one setting (seeds, where files go, logging).
 IGNORED_KEYS = (

@@ -83,7 +83,28 @@ def test_every_dataset_model_augment_combination_composes_and_instantiates(tmp_p
                         std=datamodule.std,
                     )
                     assert isinstance(module, MADAOModule)
-                    assert module.learns_policy == (augment == "madao")
+                    assert module.learns_policy == (augment in ("madao", "madao_paper"))
+
+
+def test_madao_initial_starts_where_madao_starts_and_madao_paper_is_the_paper() -> None:
+    """augment=madao_initial is augment=madao's starting policy, frozen (same raw values, no parameters);
+    augment=madao_paper is the paper's Table 6 / Appendix B: full series, s = 30, w = 20, tau = 0.05."""
+    madao = instantiate(compose_config("/tmp/unused", "augment=madao").augment.policy)
+    initial = instantiate(compose_config("/tmp/unused", "augment=madao_initial").augment.policy)
+    assert not list(initial.parameters()) and initial.to_dict()["raw"] == madao.to_dict()["raw"]
+    assert initial.temperature == madao.temperature
+    paper = compose_config("/tmp/unused", "augment=madao_paper").augment
+    hyper = instantiate(paper.hyper)
+    assert (paper.inner_steps, paper.warmup_epochs, paper.temperature) == (30, 20, 0.05)
+    assert (hyper.method, hyper.neumann_steps, hyper.neumann_alpha, hyper.neumann_tol) == (
+        "neumann",
+        5,
+        1e-3,
+        0.0,
+    )
+    assert paper.policy_optimizer.lr == 1e-2 and paper.name == "madao_paper"
+    raw = instantiate(paper.policy).to_dict()["raw"]
+    assert {v for rows in raw["probability_raw"] + raw["magnitude_raw"] for v in rows} == {0.5}
 
 
 def test_paper_presets() -> None:

@@ -155,8 +155,9 @@ def test_accuracy_report_from_the_multirun_directories(tmp_path: Path) -> None:
     accuracy = bench_accuracy.build_report(tmp_path / "runs", out, {"methods": 0}, ["--no-run"])
     assert accuracy["complete"] is True and accuracy["problems"] == []
     assert accuracy["command"] == "python -m benchmarks.bench_accuracy --no-run"
-    assert accuracy["settings"]["dataset"] == "digits" and accuracy["settings"]["seeds"] == [0, 1, 2]
-    assert accuracy["settings"]["inner_steps"] == 30 and accuracy["settings"]["warmup_epochs"] == 20
+    digits = accuracy["settings"]["datasets"]["digits"]
+    assert list(accuracy["settings"]["datasets"]) == ["digits"] and accuracy["settings"]["seeds"] == [0, 1, 2]
+    assert digits["inner_steps"] == 30 and digits["warmup_epochs"] == 20
     methods = accuracy["tables"]["methods"]
     assert "| digits | cnn | 5.00 ± 0.20 (3) | 4.70 (1) | 4.50 ± 0.10 (3) |" in methods
     assert "| digits | cnn | MADAO | 5.50 (1) | 8.00 (1) |" in accuracy["tables"]["inner_steps"]
@@ -171,7 +172,7 @@ def test_accuracy_report_from_the_multirun_directories(tmp_path: Path) -> None:
     assert "![Inner steps s (paper Figure 3), MADAO](results/sweep_inner_steps.png)" in readme
     assert "(results/madao_policy_evolution.png)" in readme and "Incomplete" not in readme
     summary = report.top_readme_summary(out.parent)
-    assert summary.startswith("Every run: digits, model `cnn`") and methods.rstrip() in summary
+    assert summary.startswith("digits: model `cnn`") and methods.rstrip() in summary
 
     failed = bench_accuracy.build_report(tmp_path / "runs", out, {"methods": 1}, [])
     assert failed["complete"] is False

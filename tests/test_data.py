@@ -502,3 +502,19 @@ def test_missing_data_error_names_path_and_fix(tmp_path: Path, cls: type, looked
     assert os.path.join(str(root), looked_at).rstrip(os.sep) in message
     assert fix in message
     assert isinstance(info.value, FileNotFoundError)
+
+
+def test_hyper_batch_size_sets_the_hyper_step_batch_only() -> None:
+    """``hyper_batch_size`` changes the hyper-validation batch (drop_last kept), nothing else; bad sizes are
+    refused naming the argument."""
+    dm = DigitsDataModule(batch_size=16, hyper_batch_size=100)
+    dm.setup("fit")
+    sizes = [len(labels) for _, labels in dm.hyper_dataloader()]
+    assert sizes == [100] and len(dm.hyper_indices) == 135  # 135 held out, the last 35 dropped
+    assert next(iter(dm.train_dataloader()))[1].shape == (16,) and dm.eval_batch_size == 16
+    assert [len(y) for _, y in DigitsDataModule(batch_size=16, hyper_batch_size=200).hyper_dataloader()] == [
+        135
+    ]
+    assert DigitsDataModule(batch_size=16).hyper_batch_size == 16
+    with pytest.raises(ValueError, match="hyper_batch_size=0"):
+        DigitsDataModule(hyper_batch_size=0)

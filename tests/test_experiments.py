@@ -207,6 +207,21 @@ def test_the_sweeps_are_the_papers(sweeps: dict) -> None:
         assert grid(sweeps, name, "seed") == ({0, 1, 2} if three_seeds else {0}), name
 
 
+def test_the_benchmark_sweeps(sweeps: dict) -> None:
+    """bench_accuracy: both digits variants x six methods x three seeds; the sweeps: MADAO on digits only."""
+    methods = {"baseline", "autoaugment", "randaugment", "trivialaugment", "madao", "madao_initial"}
+    assert len(sweeps["bench_accuracy"][1]) == 2 * 6 * 3
+    assert grid(sweeps, "bench_accuracy", "dataset", "augment", "seed") == {
+        (d, a, s) for d in ("digits", "digits_low") for a in methods for s in (0, 1, 2)
+    }
+    assert grid(sweeps, "bench_inner_steps", "dataset", "augment", "augment.inner_steps") == {
+        ("digits", "madao", s) for s in (5, 10, 30, 50, 100)
+    }
+    assert grid(sweeps, "bench_warmup", "dataset", "augment", "augment.warmup_epochs") == {
+        ("digits", "madao", w) for w in (0, 10, 20, 30)
+    }
+
+
 def test_command_line_wins_over_the_experiment(hydra_context: None) -> None:
     """A swept key given one value on the command line replaces its list; a group the experiment
     picks can be changed (e.g. a CPU check of a GPU experiment)."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from madao_pl.augment import MADAOPolicy, RandAugmentPolicy, cutout
-from madao_pl.hypergrad import implicit_hypergradient, second_order_vjp
+from madao_pl.hypergrad import dense_hessian, implicit_hypergradient, second_order_vjp
 from madao_pl.hyperstep import HyperStepConfig, HyperStepResult, augment_batch, hyper_step
 from madao_pl.models import SmallCNN
 
@@ -149,6 +149,36 @@ def test_hyper_step_is_implicit_hypergradient_on_one_graph():
     assert net.training
     assert result.info == info and info.hvps == 5 and info.method == "neumann"
     assert all(g.grad is None for g in policy.parameters()) and all(p.grad is None for p in net.parameters())
+
+
+def test_damping_solves_the_damped_hessian():
+    """Every method with damping lambda gives -M^T (H + lambda I)^{-1} v: exact (lambda = 0 and 0.3) and CG to
+    convergence (lambda large enough for a positive definite H + lambda I) against dense solves on the
+    reference graph (float64); damping changes the answer."""
+    net, policy, batches = make_problem(torch.float64, batchnorm=False)
+    images, labels, val_images, val_labels = batches
+    reference_net = copy.deepcopy(net)
+    inputs = reference_inputs(policy, images)
+    params, hparams = list(reference_net.parameters()), list(policy.parameters())
+    train_grads = torch.autograd.grad(
+        F.cross_entropy(reference_net(inputs), labels), params, create_graph=True
+    )
+    hessian = dense_hessian(second_order_vjp(train_grads, params), tuple(params))
+    v = torch.cat([g.reshape(-1) for g in validation_grads(reference_net, val_images, val_labels)])
+    mixed = second_order_vjp(train_grads, hparams)
+
+    def expected(damping: float) -> tuple[Tensor, ...]:
+        x = torch.linalg.solve(hessian + damping * torch.eye(len(v), dtype=v.dtype), v)
+        pieces = torch.split(x, [p.numel() for p in params])
+        return tuple(-m for m in mixed(tuple(t.view_as(p) for t, p in zip(pieces, params, strict=True))))
+
+    positive = float(-torch.linalg.eigvalsh(hessian).min().clamp(max=0)) + 0.5
+    for method, damping, tol in (("exact", 0.0, 1e-8), ("exact", 0.3, 1e-8), ("cg", positive, 1e-6)):
+        settings = {"cg_iterations": 2000, "cg_tol": 1e-13} if method == "cg" else {}
+        got = run(net, policy, batches, method=method, damping=damping, **settings)
+        assert _rel(got.hypergrad, expected(damping)) <= tol, (method, damping)
+        assert not got.info.breakdown
+    assert _rel(expected(0.3), expected(0.0)) > 1e-2
 
 
 @pytest.mark.parametrize("alpha", [1e-3, 3e-2, 1e-1])

@@ -4,6 +4,7 @@ warm-up, BatchNorm statistics, and a policy that learns to avoid a label-destroy
 from __future__ import annotations
 
 import copy
+import warnings
 from functools import partial
 from typing import Any
 
@@ -119,6 +120,24 @@ def test_hyper_step_every_s_steps_after_warmup_only(tmp_path) -> None:
     # The policy only moves on hyper steps.
     for (_, is_hyper, flat), (_, _, previous) in zip(recorder.steps[1:], recorder.steps[:-1], strict=True):
         assert torch.equal(flat, previous) or is_hyper
+
+
+def test_a_run_with_few_hyper_steps_says_so_at_start(tmp_path) -> None:
+    """3 epochs of 6 steps, warm-up 1, s = 4: 12 steps after warm-up, 3 hyper steps planned (as taken); the
+    warning names the number and the overrides; none for a fixed policy or when enough are planned."""
+    data = BrightnessData(n=192, batch_size=16)
+    module = make_module(MADAOPolicy(), inner_steps=4)
+    with pytest.warns(UserWarning, match=r"take 3 hyper steps \(fewer than 100;.*augment\.inner_steps"):
+        make_trainer(tmp_path, epochs=3, callbacks=[WarmupCallback(1)]).fit(module, datamodule=data)
+    assert module.hyper_steps == 3
+    for policy, minimum in ((IdentityPolicy(), 100), (MADAOPolicy(), 3)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = make_trainer(tmp_path, epochs=3, callbacks=[WarmupCallback(1, min_hyper_steps=minimum)])
+            trainer.fit(make_module(policy, inner_steps=4), datamodule=data)
+        assert not [w for w in caught if "hyper steps" in str(w.message)]
+    with pytest.raises(ValueError, match="min_hyper_steps must be an integer >= 0"):
+        WarmupCallback(1, min_hyper_steps=-1)
 
 
 def test_warmup_means_no_augmentation(tmp_path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_warn
 
 from madao_pl.augment import Policy, StageDescription
 from madao_pl.plots import plot_policy_evolution, plot_policy_parameters
@@ -38,16 +39,50 @@ HISTORY_FIELDS = (
 class WarmupCallback(pl.Callback):
     """No augmentation and no policy updates during the first ``warmup_epochs`` epochs.
 
-    The state is derived from the epoch number, so a resumed run is in the right phase.
+    The state is derived from the epoch number, so a resumed run is in the right phase. At the start of
+    training it warns when a learned policy will get fewer than ``min_hyper_steps`` hyper steps: the
+    policy then barely leaves its initial values (the paper's CIFAR-10 runs take about 2,300).
+
+    Args:
+        warmup_epochs: epochs without augmentation and hyper steps, >= 0.
+        min_hyper_steps: warn below this many planned hyper steps (0 = never warn), >= 0.
     """
 
-    def __init__(self, warmup_epochs: int = 0) -> None:
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
+    def __init__(self, warmup_epochs: int = 0, min_hyper_steps: int = 100) -> None:
+        for name, value in (("warmup_epochs", warmup_epochs), ("min_hyper_steps", min_hyper_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.warmup_epochs = int(warmup_epochs)
+        self.min_hyper_steps = int(min_hyper_steps)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         pl_module.warmup_active = trainer.current_epoch < self.warmup_epochs
+
+    def planned_hyper_steps(self, trainer: pl.Trainer, inner_steps: int) -> int | None:
+        """Hyper steps of the whole fit: the training batches after warm-up over ``inner_steps``
+        (None when the length of an epoch is unknown)."""
+        per_epoch = trainer.num_training_batches
+        if not isinstance(per_epoch, int | float) or per_epoch == float("inf"):
+            return None
+        total = trainer.max_epochs * int(per_epoch) if trainer.max_epochs and trainer.max_epochs > 0 else None
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = trainer.max_steps if total is None else min(total, trainer.max_steps)
+        if total is None:
+            return None
+        return max(0, total - self.warmup_epochs * int(per_epoch)) // inner_steps
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not getattr(pl_module, "learns_policy", False) or self.min_hyper_steps == 0:
+            return
+        planned = self.planned_hyper_steps(trainer, pl_module.inner_steps)
+        if planned is not None and planned < self.min_hyper_steps:
+            rank_zero_warn(
+                f"this run will take {planned} hyper steps (fewer than {self.min_hyper_steps}; the paper's "
+                "CIFAR-10 runs take about 2,300), so the policy will stay close to its initial values. "
+                "More hyper steps: fewer inner steps per hyper step (augment.inner_steps), fewer warm-up "
+                "epochs (augment.warmup_epochs) or more epochs (dataset.epochs).",
+                category=UserWarning,
+            )
 
 
 def policy_snapshot(policy: Policy) -> list[StageDescription]:

@@ -85,6 +85,8 @@ class HyperStepConfig:
             terms; 1e-4 keeps the sum within 1e-3 of all terms and usually needs one product), in [0, 1).
         cg_iterations: most CG iterations (= products), >= 0.
         cg_tol: CG stops at relative residual ``|v - H x| <= cg_tol |v|``, >= 0.
+        damping: ``lambda`` of a damped inverse: every method solves ``(H + lambda I) x = v`` (0 = the
+            paper's ``H``), >= 0. Damping makes the Hessian of a non-convex loss positive definite for CG.
         max_exact_params: ``method="exact"`` refuses networks with more parameter elements, >= 1.
         recompute: rebuild the double-backward graph per product instead of keeping it (see the module doc).
     """
@@ -95,6 +97,7 @@ class HyperStepConfig:
     neumann_tol: float = 1e-4
     cg_iterations: int = 5
     cg_tol: float = 1e-10
+    damping: float = 0.0
     max_exact_params: int = 5000
     recompute: bool = False
 
@@ -106,6 +109,7 @@ class HyperStepConfig:
         _number("neumann_tol", self.neumann_tol, lambda v: 0 <= v < 1, "a number in [0, 1) (0 = all J terms)")
         _integer("cg_iterations", self.cg_iterations, 0)
         _number("cg_tol", self.cg_tol, lambda v: v >= 0, "a number >= 0")
+        _number("damping", self.damping, lambda v: v >= 0, "a number >= 0 (0 = no damping)")
         _integer("max_exact_params", self.max_exact_params, 1)
         if not isinstance(self.recompute, bool):
             raise ValueError(f"recompute must be true or false, got {self.recompute!r}")
@@ -289,8 +293,18 @@ def hyper_step(
         hypergrad, info = (), SolveInfo(config.method, hvps=0, terms=0)
     else:
         with _restored_buffers(net) if config.recompute else contextlib.nullcontext():
-            hypergrad, info = implicit_hypergradient(_ranged(hvp), mixed_vjp, val_grads, config.solver())
+            product = _ranged(hvp if config.damping == 0 else _damped(hvp, config.damping))
+            hypergrad, info = implicit_hypergradient(product, mixed_vjp, val_grads, config.solver())
     return HyperStepResult(hypergrad, network_grads, train_loss.detach(), val_loss.detach(), info)
+
+
+def _damped(hvp: HVP, damping: float) -> HVP:
+    """``u -> H u + damping u``: the product of the damped Hessian."""
+
+    def product(u: Vector) -> Vector:
+        return tuple(h + damping * t for h, t in zip(hvp(u), u, strict=True))
+
+    return product
 
 
 def _ranged(hvp: HVP) -> HVP:

@@ -372,6 +372,12 @@ class ReplayPolicy(_CategoricalPolicy):
             self.register_buffer(key, value.detach().clone())
 
     @classmethod
+    def initial(cls, **madao_arguments: Any) -> ReplayPolicy:
+        """The policy a :class:`MADAOPolicy` with these arguments starts from, frozen: training with it
+        separates what MADAO learns from where it starts (paper Appendix C.3)."""
+        return MADAOPolicy(**madao_arguments).freeze()
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReplayPolicy:
         """Build from :meth:`MADAOPolicy.to_dict` output (exact raw values)."""
         tensors, settings = cls._parse_dict(data)

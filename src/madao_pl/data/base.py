@@ -202,8 +202,10 @@ class ImageDataModule(pl.LightningDataModule):
 
     Args:
         root: directory the data set lives in (or is downloaded to).
-        batch_size: training batch size; also the hyper-validation batch size.
+        batch_size: training batch size.
         eval_batch_size: batch size of ``val_dataloader``/``test_dataloader`` (``None``: ``batch_size``).
+        hyper_batch_size: batch size of ``hyper_dataloader``, the held-out batch of each hyper step
+            (``None``: ``batch_size``, as the paper); a larger one lowers the hypergradient's noise.
         num_workers: DataLoader worker processes.
         val_fraction: fraction of the training source held out for hyper-validation, in (0, 1).
         seed: seed of the hyper-validation split (and of the ``limit_train`` subsample).
@@ -245,14 +247,18 @@ class ImageDataModule(pl.LightningDataModule):
         image_size: int | None = None,
         pin_memory: bool = False,
         limit_train: int | None = None,
+        hyper_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         root = self.default_root if root is None else root
         batch_size = self.default_batch_size if batch_size is None else batch_size
         val_fraction = self.default_val_fraction if val_fraction is None else val_fraction
         image_size = self.default_image_size if image_size is None else image_size
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval={eval_batch_size}")
+        if batch_size < 1 or any(b is not None and b < 1 for b in (eval_batch_size, hyper_batch_size)):
+            raise ValueError(
+                f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}, "
+                f"hyper_batch_size={hyper_batch_size}"
+            )
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(
                 f"val_fraction must be in (0, 1) (MADAO needs a held-out split), got {val_fraction}"
@@ -265,6 +271,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.root = os.path.expanduser(str(root))
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else int(batch_size)
+        self.hyper_batch_size = int(hyper_batch_size) if hyper_batch_size is not None else int(batch_size)
         self.num_workers = int(num_workers)
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
@@ -374,7 +381,7 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader(train, self.batch_size, shuffle=True, drop_last=True)
 
     def hyper_dataloader(self, num_replicas: int | None = None, rank: int | None = None) -> DataLoader:
-        """Hyper-validation batches for the MADAO hyper step: un-augmented, shuffled, training batch size.
+        """Hyper-validation batches for the MADAO hyper step: un-augmented, shuffled, ``hyper_batch_size``.
 
         When ``torch.distributed`` is initialised (or ``num_replicas``/``rank`` are given) a
         ``DistributedSampler`` seeded by ``seed`` gives each rank its own part, padded so all ranks
@@ -395,16 +402,14 @@ class ImageDataModule(pl.LightningDataModule):
         key = None if num_replicas is None or rank is None else (int(num_replicas), int(rank))
         if key not in self._hyper_loaders:
             if key is None:
-                loader = self._loader(
-                    hyper, self.batch_size, shuffle=True, drop_last=len(hyper) >= self.batch_size
-                )
+                size = self.hyper_batch_size
+                loader = self._loader(hyper, size, shuffle=True, drop_last=len(hyper) >= size)
             else:
                 sampler = DistributedSampler(
                     hyper, num_replicas=key[0], rank=key[1], shuffle=True, seed=self.seed
                 )
-                loader = self._loader(
-                    hyper, self.batch_size, sampler=sampler, drop_last=len(sampler) >= self.batch_size
-                )
+                size = self.hyper_batch_size
+                loader = self._loader(hyper, size, sampler=sampler, drop_last=len(sampler) >= size)
             self._hyper_loaders[key] = loader
         return self._hyper_loaders[key]
 

@@ -1,0 +1,261 @@
+"""How much signal one MADAO hypergradient carries on digits, where its noise comes from, and what it rewards.
+
+The shipped pieces only: the real config (``madao_pl/conf``, overrides as on the command line), the real
+``MADAOModule`` warmed up through a real ``Trainer`` (``augment.warmup_epochs`` epochs without augmentation,
+as a run's first epochs), then :func:`madao_pl.hyperstep.hyper_step` called again and again at those fixed
+weights (BatchNorm buffers restored before each call), each call with its own draws:
+
+- ``sources``: ``--draws`` hypergradients varying all three random sources (training batch, the policy's
+  and Cutout's draws, hyper-validation batch), then each source alone with the others held fixed. Per
+  parameter group (``logits``, ``probability_raw``, ``magnitude_raw``): the mean pairwise cosine between
+  independent hypergradients and the median over coordinates of ``|mean| / standard error``.
+- ``averaging``: the mean pairwise cosine between averages of ``m`` independent hypergradients (disjoint
+  groups of the ``all`` draws): what averaging ``m`` draws per hyper step would buy.
+- ``val_batch``: the ``all`` cosine with the whole hyper-validation split as the batch.
+- ``reference``: on a few draws, the cosine of the configured hypergradient to the implicit gradient with
+  a damped Hessian solved by CG to convergence (``(H + lambda I)^{-1}``, float64, ``lambda`` =
+  ``--damping``), for the same draw.
+- ``ops``: short-horizon bias. For each op at the policy's initial magnitude, applied to every image of
+  ``--op-batches`` training batches: the training gradient's norm, its inner product and cosine with the
+  validation gradient (the one-step look-ahead's reward is ``-lr <grad f(op(x)), grad g>``).
+
+Run: ``python -m benchmarks.bench_hypergrad --out benchmarks/results/hypergrad.json [-- OVERRIDE ...]``
+(about five minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from torch import Tensor
+
+from benchmarks.common import RESULTS, stamp, write_json
+from madao_pl.augment.ops import MAGNITUDE_OPS, OPERATIONS, cutout
+from madao_pl.callbacks import WarmupCallback
+from madao_pl.hyperstep import HyperStepConfig, hyper_step
+from madao_pl.module import MADAOModule
+
+SOURCES = ("all", "train_batch", "policy_draws", "val_batch")
+
+
+def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
+    """The config's datamodule and module after ``augment.warmup_epochs`` epochs of a real fit."""
+    with initialize_config_module(version_base="1.3", config_module="madao_pl.conf"):
+        cfg = compose("config", overrides=["augment=madao", "dataset.datamodule.num_workers=0", *overrides])
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    module = instantiate(
+        cfg.module,
+        net=instantiate(cfg.model.net, num_classes=cfg.dataset.num_classes),
+        policy=instantiate(cfg.augment.policy),
+        hyper=instantiate(cfg.augment.hyper),
+        num_classes=cfg.dataset.num_classes,
+        mean=datamodule.mean,
+        std=datamodule.std,
+        _convert_="object",
+    )
+    warmup = cfg.augment.warmup_epochs
+    trainer = pl.Trainer(
+        max_epochs=warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[WarmupCallback(warmup)],
+        limit_val_batches=0,
+    )  # fmt: skip
+    if warmup > 0:
+        trainer.fit(module, datamodule=datamodule)
+    else:
+        datamodule.setup("fit")
+    return cfg, datamodule, module
+
+
+def groups(module: MADAOModule, hypergrad: tuple[Tensor, ...]) -> dict[str, Tensor]:
+    """The hypergradient by policy parameter name, each flattened (float64)."""
+    names = [n for n, p in module.policy.named_parameters() if p.requires_grad]
+    return {n: g.detach().double().reshape(-1) for n, g in zip(names, hypergrad, strict=True)}
+
+
+def statistics_of(draws: list[dict[str, Tensor]]) -> dict[str, dict[str, float]]:
+    """Per group: mean pairwise cosine, median ``|mean| / standard error`` and the mean's norm over the
+    mean norm of one draw (1: no noise)."""
+    out = {}
+    for name in draws[0]:
+        stack = torch.stack([d[name] for d in draws])
+        unit = F.normalize(stack, dim=1)
+        cos = [float(unit[i] @ unit[j]) for i, j in itertools.combinations(range(len(stack)), 2)]
+        mean, se = stack.mean(0), stack.std(0) / len(stack) ** 0.5
+        out[name] = {
+            "mean_pairwise_cosine": statistics.fmean(cos),
+            "median_abs_mean_over_se": float((mean.abs() / se.clamp_min(1e-30)).median()),
+            "norm_of_mean_over_mean_norm": float(mean.norm() / stack.norm(dim=1).mean()),
+        }
+    return out
+
+
+class Draws:
+    """Hypergradients at the module's current weights, each from a chosen training batch, seed and
+    hyper-validation subset; a float64 copy of the module for reference solves."""
+
+    def __init__(self, module: MADAOModule, datamodule: Any, val_size: int) -> None:
+        self.module, self.state = module, copy.deepcopy(module.net.state_dict())
+        self.reference = copy.deepcopy(module).double()
+        train = list(datamodule.train_dataloader())
+        self.train = [train[i % len(train)] for i in range(64)]
+        hyper = list(datamodule.hyper_dataloader())
+        self.hyper_images = torch.cat([images for images, _ in hyper])
+        self.hyper_labels = torch.cat([labels for _, labels in hyper])
+        self.val_size = val_size
+
+    def val_batch(self, index: int, size: int | None = None) -> tuple[Tensor, Tensor]:
+        """A seeded random subset of the hyper-validation split (``size`` samples, default ``val_size``)."""
+        order = torch.randperm(
+            len(self.hyper_labels), generator=torch.Generator().manual_seed(10_000 + index)
+        )
+        pick = order[: size or self.val_size]
+        return self.hyper_images[pick], self.hyper_labels[pick]
+
+    def hypergrad(
+        self, train: int, seed: int, val: int, config: HyperStepConfig | None = None,
+        val_size: int | None = None, reference: bool = False,
+    ) -> dict[str, Tensor]:  # fmt: skip
+        """The hypergradient of one draw; ``reference``: on the float64 copy."""
+        m = self.reference if reference else self.module
+        state = m.net.state_dict() if reference else self.state
+        saved = copy.deepcopy(state)
+        dtype = torch.float64 if reference else torch.float32
+        (images, labels), (val_images, val_labels) = self.train[train], self.val_batch(val, val_size)
+        torch.manual_seed(20_000 + seed)
+        result = hyper_step(
+            m.net, m.policy, (images.to(dtype), labels), (val_images.to(dtype), val_labels),
+            normalize=m.normalize, cutout_size=m.cutout_size, config=config or m.hyper,
+            generator=torch.Generator().manual_seed(30_000 + seed),
+        )  # fmt: skip
+        m.net.load_state_dict(saved)
+        return groups(m, result.hypergrad)
+
+
+def reference_alignment(draws: Draws, count: int, damping: float) -> dict[str, Any]:
+    """Cosine of the configured hypergradient to the damped implicit one (float64 CG to convergence) for the
+    same draws."""
+    config = HyperStepConfig(method="cg", cg_iterations=1000, cg_tol=1e-8, damping=damping)
+    rows = []
+    for i in range(count):
+        fast, reference = draws.hypergrad(i, i, i), draws.hypergrad(i, i, i, config, reference=True)
+        rows.append({n: float(F.cosine_similarity(fast[n], reference[n], dim=0)) for n in fast})
+    mean = {n: statistics.fmean(r[n] for r in rows) for n in rows[0]}
+    return {"damping": damping, "solver": str(config), "draws": rows, "mean": mean}
+
+
+def op_gradients(draws: Draws, batches: int) -> dict[str, Any]:
+    """Per op (every image, the policy's initial magnitude, random signs): training-gradient norm and its
+    inner product / cosine with the validation gradient, averaged over ``batches`` batches."""
+    module, net = draws.module, draws.module.net
+    params = [p for p in net.parameters() if p.requires_grad]
+    magnitudes = dict(zip(MAGNITUDE_OPS, module.policy.magnitudes()[0].tolist(), strict=True))
+    images, labels = draws.val_batch(0, len(draws.hyper_labels))
+    net.eval()
+    val_grad = torch.autograd.grad(F.cross_entropy(net(module.normalize(images)), labels), params)
+    v = torch.cat([g.reshape(-1) for g in val_grad])
+    net.train()
+    out: dict[str, Any] = {}
+    for op in (None, *OPERATIONS):
+        rows = []
+        for b in range(batches):
+            x, y = draws.train[b]
+            gen = torch.Generator().manual_seed(b)
+            if op is not None:
+                mu = torch.full((len(x),), magnitudes.get(op.name, 0.0))
+                sign = torch.where(torch.rand(len(x), generator=gen) < 0.5, -1.0, 1.0)
+                x = op.fn(x, mu, sign)
+            x = cutout(x, module.cutout_size, gen) if module.cutout_size else x
+            net.load_state_dict(draws.state)
+            grad = torch.autograd.grad(F.cross_entropy(net(module.normalize(x)), y), params)
+            g = torch.cat([t.reshape(-1) for t in grad])
+            rows.append((float(g.norm()), float(g @ v), float(F.cosine_similarity(g, v, dim=0))))
+        net.load_state_dict(draws.state)
+        norm, dot, cos = (statistics.fmean(r[k] for r in rows) for k in range(3))
+        out["none" if op is None else op.name] = {"grad_norm": norm, "inner_product": dot, "cosine": cos}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "hypergrad.json")
+    parser.add_argument("--draws", type=int, default=40)
+    parser.add_argument("--reference-draws", type=int, default=3)
+    parser.add_argument("--damping", type=float, default=1e-2)
+    parser.add_argument("--op-batches", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(own)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    cfg, datamodule, module = warmed_up(overrides)
+    draws = Draws(module, datamodule, datamodule.batch_size)
+    n = args.draws
+    index = {
+        "all": lambda i: (i, i, i),
+        "train_batch": lambda i: (i, 0, 0),
+        "policy_draws": lambda i: (0, i, 0),
+        "val_batch": lambda i: (0, 0, i),
+    }
+    sampled = {source: [draws.hypergrad(*index[source](i)) for i in range(n)] for source in SOURCES}
+    report: dict[str, Any] = {
+        "benchmark": "signal and noise of one MADAO hypergradient at fixed weights, digits",
+        **stamp("benchmarks.bench_hypergrad", argv),
+        "settings": {
+            "overrides": overrides,
+            "draws": n,
+            "warmup_epochs": cfg.augment.warmup_epochs,
+            "val_batch": draws.val_size,
+            "hyper_split": len(draws.hyper_labels),
+            "hyper": {k: v for k, v in cfg.augment.hyper.items() if k != "_target_"},
+            "temperature": cfg.augment.temperature,
+        },  # fmt: skip
+        "sources": {source: statistics_of(rows) for source, rows in sampled.items()},
+    }
+    report["averaging"] = {}
+    for m in (1, 2, 4, 8):
+        means = [
+            {k: torch.stack([d[k] for d in sampled["all"][j : j + m]]).mean(0) for k in sampled["all"][0]}
+            for j in range(0, n - m + 1, m)
+        ]
+        if len(means) >= 2:
+            report["averaging"][m] = statistics_of(means)
+    whole = [draws.hypergrad(i, i, i, val_size=len(draws.hyper_labels)) for i in range(n)]
+    report["val_batch"] = {"size": len(draws.hyper_labels), **statistics_of(whole)}
+    report["reference"] = reference_alignment(draws, args.reference_draws, args.damping)
+    report["ops"] = op_gradients(draws, args.op_batches)
+    report["wall_s"] = time.perf_counter() - started
+    write_json(args.out, report)
+    for source, row in report["sources"].items():
+        print(source, {k: round(v["mean_pairwise_cosine"], 3) for k, v in row.items()})
+    print(
+        "averaging",
+        {
+            m: {k: round(v["mean_pairwise_cosine"], 3) for k, v in r.items()}
+            for m, r in report["averaging"].items()
+        },
+    )
+    print(
+        "whole val split",
+        {k: round(v["mean_pairwise_cosine"], 3) for k, v in report["val_batch"].items() if k != "size"},
+    )
+    print("reference", report["reference"]["mean"])
+    print(f"wrote {args.out} in {report['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
