@@ -3,24 +3,18 @@
 
 Setting (DESIGN.md §9): WRN-28-2, synthetic 32x32 images, batch 128, Cutout 16, SGD lr 0.1 / momentum 0.9 /
 weight decay 5e-4, one torch thread per process, s = 30. Cases ``baseline``, ``randaugment`` and MADAO's
-``plain`` (neumann_tol 0: all J terms), ``fast`` (the defaults) and ``fast_recompute`` (recompute=True).
-Three kinds of process per case, in this order (:data:`KINDS`):
+``plain`` (neumann_tol 0: all J terms), ``fast`` (the defaults), ``fast_recompute`` (recompute=True). Per
+case, in this order (:data:`KINDS`): ``live``, one cycle at s = 2 (a cycle's peak is its hyper step's)
+under glibc's ``MALLOC_MMAP_THRESHOLD_=131072``, so that the RSS follows the live tensors (CPU only, two
+at a time); ``profile`` (MADAO), one cycle at s = 2 with the hyper step under ``torch.profiler`` (its
+``madao/*`` ranges; apart, since the profiler's buffers take GBs); ``timed``, an untimed warm-up (a whole
+cycle for MADAO: its cold first hyper step is not timed), then ``--cycles`` whole cycles of s batches:
+wall time per batch, ``ru_maxrss`` above the RSS after setup (on a GPU also the CUDA peak), one case
+after another so that every ratio comes from one invocation. From one seed every variant's first hyper
+step sees the same state, so its hypergradient is compared with ``plain``'s.
 
-- ``live``: one cycle at s = 2 (a cycle's peak is its hyper step's, whatever s) under glibc's
-  ``MALLOC_MMAP_THRESHOLD_=131072``: freed tensors leave the resident set at once, so the peak RSS follows
-  the live tensors. Two at a time; on CPU only (``--live-memory``).
-- ``profile`` (MADAO only): one cycle at s = 2 with the hyper step under ``torch.profiler``: the time of
-  each ``madao/*`` range the module emits. Apart, since the profiler's buffers take GBs of RSS.
-- ``timed``: an untimed warm-up (a whole cycle for MADAO, so its cold first hyper step is not timed), then
-  ``--cycles`` whole cycles of s batches (s - 1 inner steps, one hyper step): time per batch = their wall
-  time / their batches; ``ru_maxrss`` above the RSS after setup (on a GPU also the CUDA peak). One after
-  another, so every ratio comes from one invocation. From the same seed every variant's first hyper step
-  sees the same state: its hypergradient is compared with ``plain``'s.
-
-Output (``--out``): provenance, ``settings``, ``cases`` (the timed records), ``live_memory``, ``profiles``,
-``ratios`` (each case over ``randaugment`` and ``baseline``, :data:`RATIO_METRICS`), ``hypergrad_vs_plain``.
 Run: ``python -m benchmarks.bench_cost --out benchmarks/results/cost.json [--quick] [--device cuda]``:
-about half an hour on 2 CPU cores; ``--quick`` (WRN-10-1, batch 16, s = 3) about two minutes.
+about 20 minutes on 2 CPU cores; ``--quick`` (WRN-10-1, batch 16, s = 3) about two minutes.
 """
 
 from __future__ import annotations
@@ -160,29 +154,18 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     hyper = HyperStepConfig(**VARIANTS.get(args.case, {}))
     fixed = {"baseline": IdentityPolicy(), "randaugment": RandAugmentPolicy(num_ops=2, magnitude=0.5)}
     module = MADAOModule(
-        WideResNet(args.depth, args.width, 10),
-        fixed.get(args.case) or MADAOPolicy(num_stages=2),
-        optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4),
-        num_classes=10,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        cutout=CUTOUT,
-        inner_steps=s,
+        WideResNet(args.depth, args.width, 10), fixed.get(args.case) or MADAOPolicy(num_stages=2),
+        optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4), num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), cutout=CUTOUT, inner_steps=s,
         hyper=hyper,
-    )
+    )  # fmt: skip
     length = args.warmup + args.cycles * s
     recorder = Recorder(device, s - 1 if learns else None, args.profile)
     trainer = pl.Trainer(
-        accelerator=device.type,
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        callbacks=[recorder],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        accelerator=device.type, devices=1, max_epochs=1, logger=False, callbacks=[recorder],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0,
-    )
+    )  # fmt: skip
     trainer.fit(module, datamodule=SyntheticData(args.batch, length, args.seed))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
     marks = recorder.is_hyper

@@ -69,8 +69,8 @@ def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
     warmup = cfg.augment.warmup_epochs
     trainer = pl.Trainer(
         max_epochs=warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[WarmupCallback(warmup)],
-        limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=[WarmupCallback(warmup, min_hyper_steps=0)],
     )  # fmt: skip
     if warmup > 0:
         trainer.fit(module, datamodule=datamodule)

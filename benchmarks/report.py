@@ -25,6 +25,7 @@ BENCHMARKS = {
     "policy": ("Policy speed: one augmentation batch on CPU", "runs"),
     "cost": ("Cost of MADAO: time and memory", "ratios"),
     "accuracy": ("Test error on digits", "tables"),
+    "hypergrad": ("Signal and noise of one hypergradient on digits", "sources"),
 }
 """Result file -> (section title, a key only the current layout has)."""
 COMMANDS = {
@@ -70,7 +71,8 @@ def provenance(report: dict[str, Any]) -> str:
     m = report["machine"]
     versions = ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "torchvision", "kornia") if m.get(k))
     where = f"{m['cpu_count']} CPU cores ({m.get('cpu')})" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
-    return f"Measured {report['date']} on {where}; {m.get('platform')}; {versions}; by `{report['command']}`."
+    command = report.get("command", "unknown")
+    return f"Measured {report['date']} on {where}; {m.get('platform')}; {versions}; by `{command}`."
 
 
 def policy_body(report: dict[str, Any]) -> list[str]:
@@ -235,12 +237,55 @@ def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -
     return out
 
 
+def hypergrad_body(report: dict[str, Any]) -> list[str]:
+    """Per source / averaging / batch: mean pairwise cosine and median |mean| / SE per parameter group;
+    the alignment with the damped implicit gradient; the per-op gradients (short-horizon bias)."""
+    s, names = report["settings"], list(report["sources"]["all"])
+    rows = [
+        [
+            label,
+            *(f"{r[n]['mean_pairwise_cosine']:.3f} / {r[n]['median_abs_mean_over_se']:.2f}" for n in names),
+        ]
+        for label, r in [
+            *((f"`{k}` varies", v) for k, v in report["sources"].items()),
+            *((f"average of {m} draws", v) for m, v in report["averaging"].items() if m != "1"),
+            (f"whole held-out split ({report['val_batch']['size']}) as the batch", report["val_batch"]),
+        ]
+    ]
+    out = [
+        f"After {s['warmup_epochs']} warm-up epochs of a real fit (overrides {s['overrides'] or 'none'}; "
+        f"hyper step {s['hyper']}, held-out batch {s['val_batch']} of {s['hyper_split']}), {s['draws']} "
+        "hypergradients "
+        "at the same weights, each with its own draws. Cell: mean pairwise cosine between independent "
+        "hypergradients / median over coordinates of |mean| / standard error (1.0 / large: all signal).",
+        "",
+        markdown_table(["draws", *names], rows),
+        "",
+    ]
+    ref = report["reference"]
+    mean = ", ".join(f"{n} {v:.3f}" for n, v in ref["mean"].items())
+    out += [
+        f"Cosine to the implicit gradient with a damped Hessian (lambda = {ref['damping']}, float64 CG to "
+        f"convergence), same draws, mean of {len(ref['draws'])}: {mean}.",
+        "",
+    ]
+    rows = [[f"`{op}`", fmt(r["grad_norm"], 3), fmt(r["inner_product"], 4), fmt(r["cosine"], 3)]
+            for op, r in report["ops"].items()]  # fmt: skip
+    caption = (
+        "Each op on every image of a training batch (the policy's initial magnitude): the training "
+        "gradient's norm and its inner product and cosine with the validation gradient (the one-step "
+        "look-ahead rewards a large inner product):"
+    )
+    return out + block(caption, ["op", "grad norm", "inner product", "cosine"], rows)
+
+
 def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) -> str:
     """The whole ``benchmarks/README.md`` (image links relative to ``readme_dir``, default its parent)."""
     bodies = {
         "policy": policy_body,
         "cost": cost_body,
         "accuracy": lambda r: accuracy_body(r, results_dir, readme_dir or results_dir.parent),
+        "hypergrad": hypergrad_body,
     }
     files = [[f"`results/{name}.json`", name, f"`{command}`"] for name, command in COMMANDS.items()]
     lines = [

@@ -1,6 +1,7 @@
 """Run the benchmarks, each in its own process (a failure stops none of the others), then the READMEs.
 
-Full (``make bench``): policy speed, MADAO's cost and test error on digits into ``benchmarks/results/``
+Full (``make bench``): policy speed, MADAO's cost, test error on digits and the hypergradient's signal
+and noise into ``benchmarks/results/``
 (about an hour on 2 CPU cores), then ``benchmarks/README.md`` and the top README's results part.
 ``--quick`` (``make bench-quick``): the cost benchmark's quick mode alone, into ``outputs/bench/quick/``
 with its own README there, so quick numbers never replace the published ones. Each benchmark's output goes
@@ -31,7 +32,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
         }
     return {
         name: [sys.executable, "-m", f"benchmarks.bench_{name}", "--out", f"benchmarks/results/{name}.json"]
-        for name in ("policy", "cost", "accuracy")
+        for name in ("policy", "cost", "accuracy", "hypergrad")
     }
 
 
@@ -44,7 +45,9 @@ def report_command(quick: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the cost benchmark alone, in its --quick mode")
-    parser.add_argument("--only", nargs="+", choices=["policy", "cost", "accuracy"], help="run only these")
+    parser.add_argument(
+        "--only", nargs="+", choices=["policy", "cost", "accuracy", "hypergrad"], help="run only these"
+    )
     parser.add_argument("--no-report", action="store_true", help="do not regenerate the README")
     parser.add_argument("--logs", type=Path, default=ROOT / "outputs" / "bench" / "logs")
     args = parser.parse_args(argv)

@@ -1,0 +1,62 @@
+"""benchmarks/bench_hypergrad.py on a tiny digits run: the statistics it reports have their defining
+properties, and its JSON renders into the benchmark README."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from benchmarks import bench_hypergrad, report
+
+
+def test_statistics_of_identical_and_opposite_draws() -> None:
+    """Identical draws: cosine 1 and no noise; a draw and its negative: cosine -1, mean 0."""
+    same = [{"a": torch.tensor([1.0, 2.0, 3.0])} for _ in range(3)]
+    stats = bench_hypergrad.statistics_of(
+        [{k: v + 1e-9 * i for k, v in d.items()} for i, d in enumerate(same)]
+    )
+    assert stats["a"]["mean_pairwise_cosine"] == pytest.approx(1.0)
+    assert stats["a"]["norm_of_mean_over_mean_norm"] == pytest.approx(1.0)
+    opposite = bench_hypergrad.statistics_of(
+        [{"a": torch.tensor([1.0, -2.0])}, {"a": torch.tensor([-1.0, 2.0])}]
+    )
+    assert opposite["a"]["mean_pairwise_cosine"] == pytest.approx(-1.0)
+    assert opposite["a"]["norm_of_mean_over_mean_norm"] == pytest.approx(0.0)
+
+
+def test_tiny_run_writes_every_part_and_renders(tmp_path: Path, single_thread: None) -> None:
+    out = tmp_path / "hypergrad.json"
+    tiny = ["dataset.epochs=2", "augment.warmup_epochs=1", "dataset.datamodule.limit_train=300"]
+    argv = [
+        "--out",
+        str(out),
+        "--draws",
+        "4",
+        "--reference-draws",
+        "1",
+        "--op-batches",
+        "1",
+        "--threads",
+        "1",
+    ]
+    assert bench_hypergrad.main([*argv, "--", *tiny]) == 0
+    result = json.loads(out.read_text())
+    groups = {"logits", "probability_raw", "magnitude_raw"}
+    assert set(result["sources"]) == set(bench_hypergrad.SOURCES)
+    for stats in (*result["sources"].values(), result["val_batch"]):
+        assert groups <= set(stats)
+    for row in result["sources"].values():
+        assert all(-1.0 <= row[g]["mean_pairwise_cosine"] <= 1.0 for g in groups)
+    assert set(result["averaging"]) == {"1", "2"} and -1 <= result["reference"]["mean"]["logits"] <= 1
+    assert set(result["ops"]) == {
+        "none",
+        "ShearX",
+        "Invert",
+        *[k for k in result["ops"] if k not in ("none",)],
+    }
+    assert len(result["ops"]) == 15 and all(v["grad_norm"] > 0 for v in result["ops"].values())
+    assert result["settings"]["warmup_epochs"] == 1 and result["settings"]["draws"] == 4
+    text = report.build_readme(tmp_path, tmp_path)
+    assert "## Signal and noise of one hypergradient on digits" in text and "| `Invert` |" in text
