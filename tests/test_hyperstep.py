@@ -181,6 +181,32 @@ def test_damping_solves_the_damped_hessian():
     assert _rel(expected(0.3), expected(0.0)) > 1e-2
 
 
+def test_direction_only_is_the_gradient_of_the_unit_training_gradient():
+    """direction_only=True is -d/dphi <u / |u|, x> with u = df/dtheta (graph to phi) and x = H^{-1} v held
+    fixed (exact solve, float64, autograd of the normalised gradient as the oracle); it is orthogonal in
+    the sense that an x along u gives zero, and it differs from the plain hypergradient."""
+    net, policy, batches = make_problem(torch.float64, batchnorm=False)
+    images, labels, val_images, val_labels = batches
+    reference_net = copy.deepcopy(net)
+    inputs = reference_inputs(policy, images)
+    params, hparams = list(reference_net.parameters()), list(policy.parameters())
+    u = torch.autograd.grad(F.cross_entropy(reference_net(inputs), labels), params, create_graph=True)
+    flat_u = torch.cat([g.reshape(-1) for g in u])
+    hessian = dense_hessian(second_order_vjp(u, params), tuple(params))
+    v = torch.cat([g.reshape(-1) for g in validation_grads(reference_net, val_images, val_labels)])
+    x = torch.linalg.solve(hessian, v).detach()
+    objective = (flat_u / flat_u.norm()) @ x
+    expected = tuple(-g for g in torch.autograd.grad(objective, hparams, retain_graph=True))
+    got = run(net, policy, batches, method="exact", direction_only=True).hypergrad
+    assert _rel(got, expected) <= 1e-8
+    plain = run(net, policy, batches, method="exact").hypergrad
+    assert _rel(plain, got) > 1e-2
+    along = (flat_u.detach() * 3.0) @ (flat_u / flat_u.norm())
+    assert abs(float(torch.autograd.grad(along, hparams, retain_graph=True)[0].norm())) < 1e-12
+    with pytest.raises(ValueError, match="direction_only must be true or false"):
+        HyperStepConfig(direction_only="yes")
+
+
 @pytest.mark.parametrize("alpha", [1e-3, 3e-2, 1e-1])
 def test_adaptive_neumann_within_tolerance_of_full_series(alpha):
     """Default tol 1e-4: the hypergradient stays within 1e-3 relative of the full J = 5 series (float64,
