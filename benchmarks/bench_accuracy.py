@@ -1,20 +1,20 @@
 """Test error on digits: Hydra multiruns of the shipped entry point, summarised by experiments/summarize.py.
 
-Three sweeps, each a ``conf/experiment/bench_*.yaml``, each launched as ``python -m madao_pl.run -m
-experiment=<name> hydra/launcher=local_parallel hydra.sweep.dir=<runs-dir>/<sweep>`` (joblib, two jobs at a
-time, ``OMP_NUM_THREADS=1``: one torch thread each):
+Sweeps, each a ``conf/experiment/bench_*.yaml`` launched as ``python -m madao_pl.run -m experiment=<name>
+hydra/launcher=local_parallel hydra.sweep.dir=<runs-dir>/<sweep>`` (joblib, two jobs at a time, one torch
+thread each), in this order:
 
-- ``methods`` (``bench_accuracy``): five methods x seeds 0, 1, 2 (paper Table 2's layout);
+- ``methods`` (``bench_accuracy``): every method on digits and low-data digits x seeds 0, 1, 2;
+- ``replay``: each MADAO run's final policy, replayed from scratch (``augment=replay``, same data and seed);
 - ``inner_steps`` (``bench_inner_steps``): MADAO with s = 5, 10, 30, 50, 100, seed 0 (Figure 3);
 - ``warmup_epochs`` (``bench_warmup``): MADAO with w = 0, 10, 20, 30, seed 0 (Figure 6).
 
 Each sweep directory is emptied first, so the numbers come from this invocation. ``--out``
-(``accuracy.json``) then gets summarize's tables (markdown, problems included), the runs' numbers, the
-shared settings read from a MADAO run's config, and beside it ``sweep_inner_steps.png`` / ``sweep_warmup.png``
-(summarize's plots) and ``madao_policy_evolution.png`` / ``madao_policy_parameters.png`` (the MADAO seed-0
-run's). Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench/accuracy]
-[--sweeps ...] [--no-run] [-- OVERRIDE ...]`` (about 35 minutes on 2 CPU cores); overrides after ``--`` go
-to every sweep (smoke tests: ``dataset.epochs=1``), ``--no-run`` only summarises the sweep directories.
+(``accuracy.json``) gets summarize's tables (methods and replays in one), the runs' numbers, the settings
+read from the MADAO runs' configs, and beside it the sweep plots and the MADAO seed-0 run's policy plots.
+Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench/accuracy] [--sweeps ...]
+[--no-run] [-- OVERRIDE ...]`` (about 40 minutes on 2 CPU cores); overrides after ``--`` go to every sweep
+(smoke tests: ``dataset.epochs=1``), ``--no-run`` only summarises the sweep directories.
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ from experiments.summarize import Run, collect, plot_table, render_markdown, sum
 
 from benchmarks.common import RESULTS, ROOT, stamp, write_json
 
-SWEEPS = {"methods": "bench_accuracy", "inner_steps": "bench_inner_steps", "warmup_epochs": "bench_warmup"}
+SWEEPS = {
+    "methods": "bench_accuracy",
+    "replay": None,
+    "inner_steps": "bench_inner_steps",
+    "warmup_epochs": "bench_warmup",
+}
+"""Sweep -> its experiment config; ``replay`` retrains, from scratch, with each ``methods`` MADAO run's final
+policy (``augment=replay``, same data set and seed): does the learned policy itself transfer?"""
 PLOTS = {"inner_steps": "sweep_inner_steps.png", "warmup_epochs": "sweep_warmup.png"}
 
 
@@ -43,6 +50,27 @@ def run_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     print("$", " ".join(command), flush=True)
     return subprocess.run(command, cwd=ROOT, env=env).returncode
+
+
+def run_replays(methods_dir: Path, replay_dir: Path, overrides: list[str]) -> int:
+    """Empty ``replay_dir``; one ``augment=replay`` run per MADAO run of ``methods_dir`` (two at a time,
+    each into ``replay_dir/<dataset>_<seed>``); the worst exit status."""
+    shutil.rmtree(replay_dir, ignore_errors=True)
+    runs = [r for r in collect([methods_dir])[0] if r.augment == "madao"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    statuses, running = [], []
+    for run in sorted(runs, key=lambda r: (r.dataset, str(r.seed))):
+        command = [
+            sys.executable, "-m", "madao_pl.run", f"dataset={run.dataset}", f"seed={run.seed}",
+            "augment=replay", f"augment.path={run.path.parent / 'policy.json'}",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={replay_dir / f'{run.dataset}_{run.seed}'}", *overrides,
+        ]  # fmt: skip
+        print("$", " ".join(command), flush=True)
+        running.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
+        if len(running) == 2:
+            statuses.append(running.pop(0).wait())
+    return max([*statuses, *(p.wait() for p in running)], default=0)
 
 
 def settings_of(run: Run) -> dict[str, Any]:
@@ -69,8 +97,10 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
     """accuracy.json's content from the sweep directories; the plots beside ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tables, all_problems, records, found = {}, [], {}, {}
-    for name in SWEEPS:
-        runs, problems = collect([runs_dir / name])
+    for name in (n for n in SWEEPS if n != "replay"):
+        runs, problems = collect(
+            [runs_dir / name, runs_dir / "replay"] if name == "methods" else [runs_dir / name]
+        )
         found[name] = runs
         if runs:
             table, more = summarize(runs, by=None if name == "methods" else name)
@@ -119,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-run", action="store_true", help="only summarise the existing sweep directories")
     args = parser.parse_args(own)
     runs_dir = args.runs_dir.resolve()
-    statuses = {} if args.no_run else {n: run_sweep(SWEEPS[n], runs_dir / n, overrides) for n in args.sweeps}
+    statuses = {}
+    for name in [] if args.no_run else args.sweeps:
+        if name == "replay":
+            statuses[name] = run_replays(runs_dir / "methods", runs_dir / "replay", overrides)
+        else:
+            statuses[name] = run_sweep(SWEEPS[name], runs_dir / name, overrides)
     report = build_report(runs_dir, args.out, statuses, argv)
     write_json(args.out, report)
     print("\n".join(report["tables"].values()))

@@ -144,6 +144,7 @@ def fake_sweeps(root: Path) -> None:
             job += 1
             if method == "madao" and seed == 0:
                 (out / "policy_evolution.png").write_bytes(b"png")
+    write_run(root / "replay", "digits_0", "digits", "cnn", "replay", 0, 0.043)
     for key, values in (("inner_steps", (5, 30)), ("warmup_epochs", (0, 20))):
         for job, value in enumerate(values):
             write_run(root / key, str(job), "digits", "cnn", "madao", 0, 0.05 + value / 1000, **{key: value})
@@ -159,9 +160,10 @@ def test_accuracy_report_from_the_multirun_directories(tmp_path: Path) -> None:
     assert list(accuracy["settings"]["datasets"]) == ["digits"] and accuracy["settings"]["seeds"] == [0, 1, 2]
     assert digits["inner_steps"] == 30 and digits["warmup_epochs"] == 20
     methods = accuracy["tables"]["methods"]
-    assert "| digits | cnn | 5.00 ± 0.20 (3) | 4.70 (1) | 4.50 ± 0.10 (3) |" in methods
+    assert "| digits | cnn | 5.00 ± 0.20 (3) | 4.70 (1) | 4.50 ± 0.10 (3) | 4.30 (1) |" in methods
+    assert "MADAO's learned policy, replayed" in methods
     assert "| digits | cnn | MADAO | 5.50 (1) | 8.00 (1) |" in accuracy["tables"]["inner_steps"]
-    assert len(accuracy["runs"]["methods"]) == 7 and accuracy["runs"]["inner_steps"][0]["augment"] == "madao"
+    assert len(accuracy["runs"]["methods"]) == 8 and accuracy["runs"]["inner_steps"][0]["augment"] == "madao"
     assert (out.parent / "sweep_inner_steps.png").stat().st_size > 0
     assert (out.parent / "sweep_warmup.png").stat().st_size > 0
     assert (out.parent / "madao_policy_evolution.png").read_bytes() == b"png"
@@ -213,3 +215,28 @@ def test_run_all_commands_point_at_the_result_files() -> None:
     ]
     assert "--no-top-readme" in run_all.report_command(quick=True)  # quick numbers never reach the README
     assert "--no-top-readme" not in run_all.report_command(quick=False)
+
+
+def test_replays_retrain_each_madao_run_with_its_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One augment=replay run per MADAO run of the methods sweep, with that run's data set, seed and
+    policy.json, two at a time; the worst exit status comes back."""
+    fake_sweeps(tmp_path / "runs")
+    launched = []
+
+    class Process:
+        def __init__(self, command: list[str], **kwargs: object) -> None:
+            launched.append(command)
+            self.status = 3 if len(launched) == 2 else 0
+
+        def wait(self) -> int:
+            return self.status
+
+    monkeypatch.setattr(bench_accuracy.subprocess, "Popen", Process)
+    status = bench_accuracy.run_replays(tmp_path / "runs" / "methods", tmp_path / "runs" / "replay", ["x=1"])
+    assert status == 3 and len(launched) == 3  # the three MADAO seeds of fake_sweeps
+    for seed, command in enumerate(launched):
+        assert {"augment=replay", "dataset=digits", f"seed={seed}", "x=1"} <= set(command)
+        path = next(c for c in command if c.startswith("augment.path=")).split("=", 1)[1]
+        assert path.endswith("policy.json") and Path(path).parent.name == str(3 + seed)  # jobs 3, 4, 5

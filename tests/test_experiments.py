@@ -208,7 +208,7 @@ def test_the_sweeps_are_the_papers(sweeps: dict) -> None:
 
 
 def test_the_benchmark_sweeps(sweeps: dict) -> None:
-    """bench_accuracy: both digits variants x seven methods x three seeds; the sweeps: MADAO on digits only."""
+    """bench_accuracy: both digits variants x seven methods x three seeds; the sweeps: MADAO on digits."""
     methods = {
         "baseline",
         "autoaugment",
