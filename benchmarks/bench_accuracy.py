@@ -20,6 +20,7 @@ Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -155,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
             statuses[name] = run_replays(runs_dir / "methods", runs_dir / "replay", overrides)
         else:
             statuses[name] = run_sweep(SWEEPS[name], runs_dir / name, overrides)
+    previous = json.loads(args.out.read_text()) if args.no_run and args.out.is_file() else {}
+    if (
+        "runs_by" in previous or "command" in previous
+    ):  # re-summarising: keep who ran the runs, and how it went
+        statuses = previous.get("sweep_exit_status", {})
     report = build_report(runs_dir, args.out, statuses, argv)
+    if previous:
+        report["runs_by"] = previous.get("runs_by") or {k: previous.get(k) for k in ("command", "date")}
     write_json(args.out, report)
     print("\n".join(report["tables"].values()))
     print(f"wrote {args.out} and its plots; runs in {runs_dir}")

@@ -72,7 +72,9 @@ def provenance(report: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "torchvision", "kornia") if m.get(k))
     where = f"{m['cpu_count']} CPU cores ({m.get('cpu')})" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
     command = report.get("command", "unknown")
-    return f"Measured {report['date']} on {where}; {m.get('platform')}; {versions}; by `{command}`."
+    runs = report.get("runs_by")
+    by = f" (the runs: {runs['date']}, `{runs['command']}`)" if runs else ""
+    return f"Measured {report['date']} on {where}; {m.get('platform')}; {versions}; by `{command}`{by}."
 
 
 def policy_body(report: dict[str, Any]) -> list[str]:

@@ -64,6 +64,9 @@ MODEL_ORDER = ("wrn28_2", "wrn40_2", "wrn28_10", "resnet18", "resnet50", "cnn")
 IGNORED_KEYS = (
     "seed",
     "*.seed",
+    # a replay's policy file comes from the MADAO run of its own seed: it differs between replicas
+    "augment.path",
+    "augment.policy.path",
     "ckpt_path",
     "paths.*",
     "*.root",

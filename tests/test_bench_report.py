@@ -240,3 +240,16 @@ def test_replays_retrain_each_madao_run_with_its_policy(
         assert {"augment=replay", "dataset=digits", f"seed={seed}", "x=1"} <= set(command)
         path = next(c for c in command if c.startswith("augment.path=")).split("=", 1)[1]
         assert path.endswith("policy.json") and Path(path).parent.name == str(3 + seed)  # jobs 3, 4, 5
+
+
+def test_resummarising_keeps_the_invocation_that_ran_the_runs(tmp_path: Path) -> None:
+    """--no-run over an accuracy.json keeps its sweep statuses and names the command that ran them."""
+    fake_sweeps(tmp_path / "runs")
+    out = tmp_path / "results" / "accuracy.json"
+    first = bench_accuracy.build_report(tmp_path / "runs", out, {"methods": 1}, [])
+    out.write_text(json.dumps(first))
+    assert bench_accuracy.main(["--no-run", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 1
+    again = json.loads(out.read_text())
+    assert again["sweep_exit_status"] == {"methods": 1} and again["complete"] is False
+    assert again["runs_by"] == {"command": "python -m benchmarks.bench_accuracy", "date": first["date"]}
+    assert "(the runs: " in report.build_readme(out.parent, tmp_path)

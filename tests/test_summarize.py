@@ -292,3 +292,17 @@ def test_summarize_a_real_hydra_multirun(tmp_path: Path) -> None:
         assert cell.n == 2 and sorted(cell.seeds) == [0, 1]
         expected = [100 * json.loads(p.read_text())["test_error"] for p in cell.paths]
         assert cell.values == pytest.approx(expected)
+
+
+def test_replays_of_each_seeds_policy_are_one_cell(tmp_path: Path) -> None:
+    """augment=replay runs differ in the policy file they replay (each seed's own MADAO run): one cell."""
+    for seed in range(3):
+        out = write_run(tmp_path, str(seed), "digits", "cnn", "replay", seed, 0.03 + seed / 100)
+        data = json.loads((out / "results.json").read_text())
+        path = f"/runs/madao/{seed}/policy.json"
+        data["config"]["augment"].update(path=path, policy={"path": path})
+        (out / "results.json").write_text(json.dumps(data))
+    runs, problems = collect([tmp_path])
+    table, more = summarize(runs)
+    assert not problems and not more and len(table.cells) == 1
+    assert next(iter(table.cells.values())).n == 3
