@@ -52,7 +52,14 @@ from madao_pl.hypergrad import (
     second_order_vjp,
 )
 
-__all__ = ["METHODS", "HyperStepConfig", "HyperStepResult", "augment_batch", "hyper_step"]
+__all__ = [
+    "METHODS",
+    "HyperStepConfig",
+    "HyperStepResult",
+    "augment_batch",
+    "hyper_step",
+    "trainable_parameters",
+]
 
 Vector = tuple[Tensor, ...]
 METHODS = ("neumann", "cg", "exact")
@@ -165,7 +172,8 @@ def augment_batch(
     return cutout(augmented, cutout_size) if cutout_size > 0 else augmented
 
 
-def _trainable(module: nn.Module) -> list[nn.Parameter]:
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``module`` that require a gradient, in order (what the hyper step differentiates)."""
     return [p for p in module.parameters() if p.requires_grad]
 
 
@@ -246,7 +254,7 @@ def hyper_step(
         generator: the policy's random generator (default ``policy.generator``).
     """
     (images, labels), (val_images, val_labels) = batch, val_batch
-    params, hparams = _trainable(net), _trainable(policy)
+    params, hparams = trainable_parameters(net), trainable_parameters(policy)
     generator = generator if generator is not None else policy.generator
 
     def augment() -> Tensor:

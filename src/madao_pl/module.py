@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from madao_pl.augment import Policy, cutout
 from madao_pl.data.stream import BatchStream
 from madao_pl.distributed import broadcast_, mean_over_ranks, set_grads
-from madao_pl.hyperstep import HyperStepConfig, augment_batch, hyper_step
+from madao_pl.hyperstep import HyperStepConfig, augment_batch, hyper_step, trainable_parameters
 from madao_pl.rng import get_rng_states, set_rng_states
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -36,14 +36,10 @@ def _rmsprop(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=1e-2)
 
 
-def _trainable(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
 def _step(optimizer: torch.optim.Optimizer, module: nn.Module, flat_grad: Tensor) -> None:
     """One step of ``optimizer`` with ``flat_grad`` as the gradient of ``module``'s trainable parameters."""
     optimizer.zero_grad()
-    set_grads(_trainable(module), flat_grad)
+    set_grads(trainable_parameters(module), flat_grad)
     optimizer.step()
 
 
@@ -256,9 +252,9 @@ class MADAOModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisers and checkpoints
     def configure_optimizers(self) -> Any:
-        net_opt = self.optimizer_factory(_trainable(self.net))
+        net_opt = self.optimizer_factory(trainable_parameters(self.net))
         optimizers = (
-            [net_opt, self.policy_optimizer_factory(_trainable(self.policy))]
+            [net_opt, self.policy_optimizer_factory(trainable_parameters(self.policy))]
             if self.learns_policy
             else [net_opt]
         )
