@@ -28,6 +28,8 @@ from madao_pl.augment import (
     TrivialAugmentPolicy,
     apply_stage,
     autoaugment_magnitude,
+    conditional_gumbels,
+    conditional_logistic,
     describe_stage,
     get_operation,
     gumbel_noise,
@@ -136,6 +138,8 @@ def test_bad_arguments_raise_clear_errors():
         MADAOPolicy(temperature=0.0)
     with pytest.raises(ValueError, match="num_stages"):
         MADAOPolicy(num_stages=0)
+    with pytest.raises(ValueError, match="rao_samples"):
+        MADAOPolicy(rao_samples=0)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         MADAOPolicy()(torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match="uint8"):
@@ -235,6 +239,87 @@ def test_sample_stage_selection_is_the_gumbel_softmax_of_its_noise_and_gradient_
     (grad,) = torch.autograd.grad((sample.scale * weights).sum(), policy.logits)
     expected = (weights[:, None] * (one_hot - u)).sum(0) / tau
     assert torch.allclose(grad[0], expected, atol=1e-4)
+
+
+def test_conditional_gumbels_sample_the_noise_given_the_winner():
+    """Given argmax(pi + g) = d, the conditional draws always pick d and give the same mean relaxed sample
+    softmax((pi + g) / tau) as unconditional draws filtered on that event (rejection sampling)."""
+    torch.manual_seed(0)
+    logits, tau, n = torch.tensor([0.5, -0.3, 0.2, 1.0]), 0.5, 200_000
+    g = gumbel_noise((n, 4))
+    u, winner = torch.softmax((logits + g) / tau, -1), (logits + g).argmax(-1)
+    for d in range(4):
+        cond = conditional_gumbels(logits, torch.tensor([d]), torch.rand(n, 1, 5))[:, 0]
+        assert torch.equal((logits + cond).argmax(-1), torch.full((n,), d))
+        filtered = u[winner == d]
+        tolerance = 4 * filtered.std(0) / len(filtered) ** 0.5 + 1e-4
+        assert ((torch.softmax((logits + cond) / tau, -1).mean(0) - filtered.mean(0)).abs() < tolerance).all()
+
+
+def test_conditional_logistic_samples_the_noise_given_the_outcome():
+    """Given 1[a + l > 0] = o, the conditional draws give outcome o and the mean of sigmoid((a + l) / tau)
+    of unconditional draws filtered on it."""
+    torch.manual_seed(1)
+    a, tau, n = torch.tensor([0.7]), 0.5, 200_000
+    noise = torch.logit(torch.rand(n))
+    outcome = (a + noise > 0).float()
+    for o in (0.0, 1.0):
+        cond = conditional_logistic(a, torch.tensor([o]), torch.rand(n, 1))[:, 0]
+        assert torch.equal((a + cond > 0).float(), torch.full((n,), o))
+        filtered = torch.sigmoid((a + noise[outcome == o]) / tau)
+        tolerance = 4 * filtered.std() / len(filtered) ** 0.5
+        assert abs(float(torch.sigmoid((a + cond) / tau).mean() - filtered.mean())) < tolerance
+
+
+def test_rao_blackwellised_draws_keep_the_choices_and_the_mean_gradient_with_less_variance():
+    """rao_samples = S: the same ops and hard apply values as the hard draw from the same generator state;
+    the selection gradient has the single-draw estimator's mean (within Monte-Carlo error) and a smaller
+    variance; the apply weight is hard in value with a gradient to the chosen op's probability."""
+    tau, batch, rounds = 0.2, 256, 40
+    single, averaged = skewed_policy(temperature=tau), skewed_policy(temperature=tau, rao_samples=16)
+    hard = averaged.sample_stage(batch, 0, generator=gen(5), relaxed=False)
+    rb = averaged.sample_stage(batch, 0, generator=gen(5), relaxed=True)
+    assert torch.equal(rb.op_index, hard.op_index)
+    assert torch.equal(rb.apply_weight.detach(), hard.apply_weight)
+    (grad_p,) = torch.autograd.grad(rb.apply_weight.sum(), averaged.probability_raw)
+    assert (grad_p[0] > 0).all() and torch.isfinite(grad_p).all()
+    weights = torch.linspace(-1.0, 1.0, N_OPS)  # the loss's sensitivity to each op's selection
+
+    def gradients(policy: MADAOPolicy) -> torch.Tensor:
+        rows = []
+        for r in range(rounds):
+            sample = policy.sample_stage(batch, 0, generator=gen(100 + r), relaxed=True)
+            loss = (sample.scale * weights[sample.op_index]).mean()
+            rows.append(torch.autograd.grad(loss, policy.logits)[0][0])
+        return torch.stack(rows)
+
+    g1, g16 = gradients(single), gradients(averaged)
+    se = (g1.var(0) / rounds + g16.var(0) / rounds).sqrt()
+    assert ((g1.mean(0) - g16.mean(0)).abs() < 4 * se + 1e-4).all()
+    assert g16.var(0).sum() < 0.5 * g1.var(0).sum()
+
+
+def test_centered_selection_keeps_the_value_and_sends_no_gradient_from_unchanged_samples():
+    """centered_selection: the same output; the selection gradient is the paper's with each output replaced
+    by its change (z - x), so a batch where no op is applied (hard apply weights, p ~ eps) gives the
+    logits a zero gradient while the paper's factor gives them one."""
+    x, w = images(32, seed=4), torch.randn(32, 3, 8, 8, generator=gen(6))
+    for probability_raw, expect_zero in ((-30.0, True), (30.0, False)):
+        grads = {}
+        for centered in (False, True):
+            policy = MADAOPolicy(num_stages=1, rao_samples=2, centered_selection=centered)
+            with torch.no_grad():
+                policy.probability_raw.fill_(probability_raw)
+            sample = policy.sample_stage(32, 0, generator=gen(7), relaxed=True)
+            out = apply_stage(x, *sample)
+            grads[centered] = (out, torch.autograd.grad((out * w).sum(), policy.logits)[0])
+        assert torch.equal(grads[False][0], grads[True][0])
+        assert grads[False][1].abs().sum() > 0
+        assert (grads[True][1].abs().sum() == 0) == expect_zero
+    scale = torch.ones(32, requires_grad=True)
+    changed = apply_stage(x, *sample._replace(scale=scale))
+    (through_change,) = torch.autograd.grad((changed * w).sum(), scale)
+    assert torch.allclose(through_change, ((changed - x) * w).sum((1, 2, 3)), atol=1e-5)
 
 
 # -------------------------------------------------------------------------------------------- MADAO: forward

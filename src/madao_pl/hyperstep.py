@@ -57,6 +57,7 @@ __all__ = [
     "HyperStepConfig",
     "HyperStepResult",
     "augment_batch",
+    "check_network",
     "hyper_step",
     "trainable_parameters",
 ]
@@ -170,6 +171,15 @@ def augment_batch(
     """
     augmented = policy(images, generator=generator)
     return cutout(augmented, cutout_size) if cutout_size > 0 else augmented
+
+
+def check_network(net: nn.Module) -> None:
+    """Raise a ``ValueError`` if ``net`` holds a layer without the double backward the hyper step needs."""
+    if any(isinstance(m, nn.SyncBatchNorm) for m in net.modules()):
+        raise ValueError(
+            "sync_batchnorm: SyncBatchNorm has no double backward, which the MADAO hyper step needs; "
+            "use plain BatchNorm (trainer.sync_batchnorm=false)"
+        )
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,19 +22,14 @@ from torch.profiler import record_function
 from torchmetrics.classification import MulticlassAccuracy
 
 from madao_pl.augment import Policy, cutout
-from madao_pl.data.stream import BatchStream
+from madao_pl.data.stream import BatchStream, hyper_dataloader
 from madao_pl.distributed import broadcast_, mean_over_ranks, set_grads
-from madao_pl.hyperstep import HyperStepConfig, augment_batch, hyper_step, trainable_parameters
-from madao_pl.rng import get_rng_states, set_rng_states
+from madao_pl.hyperstep import HyperStepConfig, augment_batch, check_network, hyper_step, trainable_parameters
+from madao_pl.rng import get_rng_states, rank_generator, set_rng_states
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 COUNTERS = ("inner_step", "hyper_steps", "skipped_hyper_steps", "total_hvps")
-
-
-def _rmsprop(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """RMSprop with lr 1e-2, the paper's policy optimiser (Appendix B)."""
-    return torch.optim.RMSprop(params, lr=1e-2)
 
 
 def _step(optimizer: torch.optim.Optimizer, module: nn.Module, flat_grad: Tensor) -> None:
@@ -85,15 +81,12 @@ class MADAOModule(pl.LightningModule):
         for name, value, low in (("inner_steps", inner_steps, 1), ("cutout", cutout, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if any(isinstance(m, nn.SyncBatchNorm) for m in net.modules()):
-            raise ValueError(
-                "sync_batchnorm: SyncBatchNorm has no double backward, which the MADAO hyper step needs; "
-                "use plain BatchNorm (trainer.sync_batchnorm=false)"
-            )
+        check_network(net)
         self.automatic_optimization = False
         self.net, self.policy = net, policy
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.policy_optimizer_factory = policy_optimizer or _rmsprop
+        # the paper's policy optimiser (Appendix B)
+        self.policy_optimizer_factory = policy_optimizer or partial(torch.optim.RMSprop, lr=1e-2)
         self.cutout_size, self.inner_steps = cutout, inner_steps
         self.hyper = hyper if hyper is not None else HyperStepConfig()
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
@@ -103,7 +96,7 @@ class MADAOModule(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.warmup_active = False
-        self.hyper_batches = BatchStream(self._hyper_loader)
+        self.hyper_batches = BatchStream(lambda: hyper_dataloader(self._trainer))
         self._steps_since_warmup = 0  # the inner_step buffer's value, kept on the host (no sync per step)
         self._generator_state: Tensor | None = None
         # The policy's gradient is the hypergradient, reduced by hand: keep it out of DDP's reducer.
@@ -199,15 +192,6 @@ class MADAOModule(pl.LightningModule):
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(labels))
         return result.train_loss
 
-    def _hyper_loader(self) -> Iterable[Any]:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "hyper_dataloader"):
-            raise RuntimeError(
-                "MADAO needs held-out hyper-validation batches: pass a datamodule with a "
-                "`hyper_dataloader()` method (see madao_pl.data.ImageDataModule) to trainer.fit."
-            )
-        return datamodule.hyper_dataloader()
-
     def _optimizers(self) -> list[Any]:
         optimizers = self.optimizers()
         return optimizers if isinstance(optimizers, list) else [optimizers]
@@ -226,11 +210,7 @@ class MADAOModule(pl.LightningModule):
         self._steps_since_warmup = int(self.inner_step)
         broadcast_([*self.policy.parameters(), *self.policy.buffers()])
         if self.policy.generator is None:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(torch.initial_seed() + 1_000_003 * self.global_rank)
-            if self._generator_state is not None:
-                generator.set_state(self._generator_state)
-            self.policy.generator = generator
+            self.policy.generator = rank_generator(self.device, self.global_rank, self._generator_state)
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["get_rng_states", "set_rng_states"]
+__all__ = ["get_rng_states", "rank_generator", "set_rng_states"]
 
 
 def get_rng_states() -> dict[str, Any]:
@@ -39,3 +39,13 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def rank_generator(device: torch.device, rank: int, state: torch.Tensor | None = None) -> torch.Generator:
+    """A generator on ``device`` for one DDP rank's augmentation draws: seeded from torch's initial seed and
+    the rank (so ranks draw differently and a seeded run repeats), or set to a checkpointed ``state``."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(torch.initial_seed() + 1_000_003 * rank)
+    if state is not None:
+        generator.set_state(state)
+    return generator

@@ -24,7 +24,14 @@ from madao_pl.augment.baselines import (
 )
 from madao_pl.augment.madao import MADAOPolicy, ReplayPolicy
 from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS, Operation, cutout, get_operation
-from madao_pl.augment.stage import StageSample, apply_stage, gumbel_noise, relaxed_one_hot
+from madao_pl.augment.stage import (
+    StageSample,
+    apply_stage,
+    conditional_gumbels,
+    conditional_logistic,
+    gumbel_noise,
+    relaxed_one_hot,
+)
 
 __all__ = [
     "AUTOAUGMENT_POLICIES",
@@ -43,6 +50,8 @@ __all__ = [
     "TrivialAugmentPolicy",
     "apply_stage",
     "autoaugment_magnitude",
+    "conditional_gumbels",
+    "conditional_logistic",
     "cutout",
     "describe_stage",
     "get_operation",

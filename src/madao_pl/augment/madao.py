@@ -38,6 +38,8 @@ from madao_pl.augment.base import Policy, describe_stage
 from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS
 from madao_pl.augment.stage import (
     StageSample,
+    conditional_gumbels,
+    conditional_logistic,
     draw_uniform,
     gumbel_from_uniform,
     logistic_from_uniform,
@@ -64,8 +66,21 @@ class _CategoricalPolicy(Policy):
     probability_raw: Tensor
     magnitude_raw: Tensor
 
-    def __init__(self, temperature: float, bernoulli_temperature: float, eps: float) -> None:
+    def __init__(
+        self,
+        temperature: float,
+        bernoulli_temperature: float,
+        eps: float,
+        rao_samples: int = 1,
+        centered_selection: bool = False,
+    ) -> None:
         super().__init__()
+        if isinstance(rao_samples, bool) or not isinstance(rao_samples, int) or rao_samples < 1:
+            raise ValueError(
+                f"rao_samples must be an integer >= 1 (1: the paper's estimator), got {rao_samples!r}"
+            )
+        self.rao_samples = rao_samples
+        self.centered_selection = bool(centered_selection)
         for name, value in (("temperature", temperature), ("bernoulli_temperature", bernoulli_temperature)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0 (the paper uses 0.05), got {value}")
@@ -88,7 +103,7 @@ class _CategoricalPolicy(Policy):
     def extra_repr(self) -> str:
         return (
             f"num_stages={self.num_stages}, temperature={self.temperature}, "
-            f"bernoulli_temperature={self.bernoulli_temperature}"
+            f"bernoulli_temperature={self.bernoulli_temperature}, rao_samples={self.rao_samples}"
         )
 
     # -- readable values -------------------------------------------------------------------------------
@@ -157,6 +172,9 @@ class _CategoricalPolicy(Policy):
           ``exp(log u_{n,i} - stopgrad(log u_{n,i}))``: exactly 1 in value, gradient
           ``(onehot(i_n) - u_n) / tau`` to the logits.
 
+        With ``rao_samples > 1`` the relaxed draw averages these gradients over more noise draws given the
+        same choices (:meth:`_rao_blackwellised`).
+
         Args:
             batch_size: B.
             stage: which of the K stages.
@@ -186,6 +204,9 @@ class _CategoricalPolicy(Policy):
         probability = torch.sigmoid(self.probability_raw[stage].to(device)).clamp(self.eps, 1.0 - self.eps)
         magnitude_full = self._full_magnitudes()[stage].to(device)
 
+        if relaxed and self.rao_samples > 1:
+            return self._rao_blackwellised(batch_size, generator, device, logits, gumbels, logistic, sign,
+                                           probability, magnitude_full)  # fmt: skip
         if relaxed:
             log_u = torch.log_softmax((logits + gumbels) / self.temperature, dim=-1)
             op_index = log_u.argmax(dim=-1)
@@ -193,13 +214,51 @@ class _CategoricalPolicy(Policy):
             scale = torch.exp(log_u_i - log_u_i.detach())
             z = torch.logit(probability[op_index]) + logistic
             apply_weight = torch.sigmoid(z / self.bernoulli_temperature)
-            return StageSample(op_index, apply_weight, magnitude_full[op_index], sign, scale)
+            centered = self.centered_selection
+            return StageSample(op_index, apply_weight, magnitude_full[op_index], sign, scale, centered)
 
         with torch.no_grad():
             op_index = (logits + gumbels).argmax(dim=-1)
             z = torch.logit(probability[op_index]) + logistic
             apply_weight = (z > 0).to(dtype)
             return StageSample(op_index, apply_weight, magnitude_full[op_index], sign)
+
+    def _rao_blackwellised(
+        self, batch_size: int, generator: torch.Generator | None, device: torch.device, logits: Tensor,
+        gumbels: Tensor, logistic: Tensor, sign: Tensor, probability: Tensor, magnitude_full: Tensor,
+    ) -> StageSample:  # fmt: skip
+        """The relaxed draw with ``S = rao_samples`` Gumbel-Rao gradients (Paulus et al. 2021).
+
+        The same discrete choices as the hard draw from the same generator state (``i_n``, and
+        ``b_n = 1[logit(p_{i_n}) + l_n > 0]`` *hard* in value), with gradients averaged over the given
+        noise and ``S - 1`` more draws conditioned on those choices (``conditional_gumbels``,
+        ``conditional_logistic`` of :mod:`madao_pl.augment.stage`):
+
+        - ``scale_n = exp(m_n - stopgrad(m_n))``, ``m_n = mean_s log u^(s)_{n,i}``: gradient
+          ``mean_s (onehot(i_n) - u^(s)_n) / tau``;
+        - ``b_n = h_n + r_n - stopgrad(r_n)``, ``r_n = mean_s sigmoid((logit(p_{i_n}) + l^(s)_n) / tau_b)``.
+
+        The selection gradient has the expectation of the single-draw one and a smaller variance (it is its
+        conditional expectation given the choices, estimated with S draws). The extra draws come after this
+        stage's own, so the next stage's draws differ from ``rao_samples=1``'s.
+        """
+        num_ops = len(OPERATIONS)
+        extra = draw_uniform((self.rao_samples - 1, batch_size, num_ops + 2), generator, device)
+        with torch.no_grad():
+            op_index = (logits + gumbels).argmax(dim=-1)
+            logit_p = torch.logit(probability[op_index])
+            hard = (logit_p + logistic > 0).to(logits.dtype)
+            given = conditional_gumbels(logits, op_index, extra[..., : num_ops + 1])
+            noise = torch.cat([gumbels[None], given])
+            levels = torch.cat([logistic[None], conditional_logistic(logit_p, hard, extra[..., num_ops + 1])])
+        log_u = torch.log_softmax((logits + noise) / self.temperature, dim=-1)
+        mean_log_u = log_u.gather(2, op_index.view(1, -1, 1).expand(len(noise), -1, 1)).squeeze(2).mean(0)
+        scale = torch.exp(mean_log_u - mean_log_u.detach())
+        relaxed = torch.sigmoid((torch.logit(probability[op_index]) + levels) / self.bernoulli_temperature)
+        mean_relaxed = relaxed.mean(0)
+        apply_weight = hard + (mean_relaxed - mean_relaxed.detach())
+        centered = self.centered_selection
+        return StageSample(op_index, apply_weight, magnitude_full[op_index], sign, scale, centered)
 
     def sample(
         self,
@@ -300,6 +359,11 @@ class MADAOPolicy(_CategoricalPolicy):
         init_magnitude: initial *raw* magnitude value (mu = sigmoid of it).
         init_probability: initial *raw* apply-probability value (p = sigmoid of it).
         eps: apply probabilities are clamped into ``[eps, 1 - eps]`` before the Bernoulli draw.
+        rao_samples: S, noise draws the selection and apply gradients average over (1: the paper's single
+            draw and relaxed apply weight; > 1: Gumbel-Rao, hard apply weights, see :meth:`sample_stage`).
+        centered_selection: the straight-through factor multiplies only the change each stage makes
+            (:func:`~madao_pl.augment.stage.apply_stage`), so samples left unchanged send the selection no
+            gradient (False: the paper's, factor on the whole output).
     """
 
     def __init__(
@@ -310,8 +374,10 @@ class MADAOPolicy(_CategoricalPolicy):
         init_magnitude: float = 0.5,
         init_probability: float = 0.5,
         eps: float = 1e-6,
+        rao_samples: int = 1,
+        centered_selection: bool = False,
     ) -> None:
-        super().__init__(temperature, bernoulli_temperature, eps)
+        super().__init__(temperature, bernoulli_temperature, eps, rao_samples, centered_selection)
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
         self.logits = nn.Parameter(torch.zeros(num_stages, len(OP_NAMES)))

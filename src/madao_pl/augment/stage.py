@@ -28,6 +28,8 @@ __all__ = [
     "StageSample",
     "apply_stage",
     "check_images",
+    "conditional_gumbels",
+    "conditional_logistic",
     "draw_randint",
     "draw_uniform",
     "gumbel_from_uniform",
@@ -48,6 +50,7 @@ class StageSample(NamedTuple):
         magnitude: ``(B,)`` float in ``[0, 1]``, ``mu_n`` of the chosen operation (0 for ops without one).
         sign: ``(B,)`` float, +1 or -1 (signed operations use it, the others ignore it).
         scale: ``(B,)`` float equal to 1 in value that carries the selection gradient, or ``None``.
+        centered: whether ``scale`` multiplies only the change the stage makes (see :func:`apply_stage`).
     """
 
     op_index: Tensor
@@ -55,6 +58,7 @@ class StageSample(NamedTuple):
     magnitude: Tensor
     sign: Tensor
     scale: Tensor | None = None
+    centered: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -100,8 +104,13 @@ def apply_stage(
     magnitude: Tensor,
     sign: Tensor,
     scale: Tensor | None = None,
+    centered: bool = False,
 ) -> Tensor:
     """Apply one policy stage: ``x_n <- scale_n * (b_n * O_{i_n}(x_n; mu_n, s_n) + (1 - b_n) * x_n)``.
+
+    With ``centered`` the factor multiplies only the change: ``x_n <- z_n + (scale_n - 1) (z_n - x_n)``
+    for the blend ``z_n`` (the same value, since ``scale_n`` is 1): a sample whose operation is not
+    applied (``z_n = x_n``) then sends no gradient to the selection, whose choice it does not depend on.
 
     The routine every policy uses. Samples are grouped by operation (one sort + one bincount), each
     operation's ``fn`` is called at most once, on only the samples that chose it (``index_select``), and its
@@ -121,6 +130,7 @@ def apply_stage(
         magnitude: ``(B,)`` float ``mu_n`` in ``[0, 1]``.
         sign: ``(B,)`` float, +1 / -1.
         scale: ``(B,)`` float multiplier (the straight-through selection factor) or ``None`` for 1.
+        centered: apply ``scale`` to the change ``z_n - x_n`` instead of the output.
 
     Returns:
         ``(B, C, H, W)`` augmented images (a new tensor; ``images`` is not modified).
@@ -174,7 +184,8 @@ def apply_stage(
         y = OPERATIONS[op_id].fn(x, magnitudes[group], signs[group])
         out.index_copy_(0, idx, y if hard else torch.lerp(x, y, weights[group]))
     if scale is not None:
-        out = out * scale.to(dtype).view(-1, 1, 1, 1)
+        factor = scale.to(dtype).view(-1, 1, 1, 1)
+        out = out + (factor - 1) * (out - images) if centered else out * factor
     return out
 
 
@@ -245,3 +256,51 @@ def relaxed_one_hot(logits: Tensor, gumbels: Tensor, temperature: float) -> Tens
         ``(B, N)`` points of the simplex; ``argmax`` is distributed as ``softmax(logits)`` for every tau.
     """
     return torch.softmax((logits + gumbels) / temperature, dim=-1)
+
+
+def conditional_gumbels(logits: Tensor, index: Tensor, uniform: Tensor) -> Tensor:
+    """Gumbel noise drawn given which entry won: ``g'`` with ``argmax(logits + g') = index``, distributed as
+    ``g | argmax(logits + g) = index`` (the top-down construction of Maddison et al. 2014).
+
+    The winning value ``M = logsumexp(logits) + G_0`` is independent of which entry wins; every other
+    ``logits_k + g'_k`` is ``Gumbel(logits_k)`` truncated below ``M``, i.e.
+    ``-logaddexp(-M, -(logits_k + G_k))``. The Gumbel-Rao estimator (Paulus et al. 2021) averages the
+    straight-through gradient over such draws: same expectation, less variance. No gradient flows into
+    the noise (``logits`` is detached here).
+
+    Args:
+        logits: ``(N,)`` or ``(B, N)`` unnormalised log-probabilities.
+        index: ``(B,)`` long, the winning entry of each row.
+        uniform: ``(S, B, N + 1)`` U[0, 1) draws (column N feeds ``G_0``).
+
+    Returns:
+        ``(S, B, N)`` noise; ``(logits + g').argmax(-1) == index`` for every draw.
+    """
+    num = uniform.shape[-1] - 1
+    logits = logits.detach().expand(index.shape[0], num)
+    gumbels = gumbel_from_uniform(uniform).to(logits.dtype)
+    top = (torch.logsumexp(logits, dim=-1) + gumbels[..., num]).unsqueeze(-1)
+    below = -torch.logaddexp(-top, -(logits + gumbels[..., :num]))
+    winner = index.view(1, -1, 1).expand(uniform.shape[0], -1, 1)
+    return below.scatter(-1, winner, top.expand_as(below)) - logits
+
+
+def conditional_logistic(logit_p: Tensor, outcome: Tensor, uniform: Tensor) -> Tensor:
+    """Logistic noise drawn given the Bernoulli outcome it produced: ``l'`` with
+    ``1[logit_p + l' > 0] = outcome``, distributed as ``l | that event`` (inverse CDF on the part of
+    ``(0, 1)`` that gives the outcome: ``l' = logit(F)``, ``F ~ U(sigmoid(-logit_p), 1)`` for outcome 1,
+    ``U(0, sigmoid(-logit_p))`` for 0).
+
+    Args:
+        logit_p: ``(B,)`` ``logit(p)`` of the Bernoulli (detached here).
+        outcome: ``(B,)`` 0 / 1 draws.
+        uniform: ``(S, B)`` U[0, 1) draws.
+
+    Returns:
+        ``(S, B)`` noise, same dtype as ``logit_p``.
+    """
+    below = torch.sigmoid(-logit_p.detach())
+    u = uniform.to(logit_p.dtype)
+    cdf = torch.where(outcome > 0, below + u * (1 - below), u * below)
+    tiny = torch.finfo(cdf.dtype).tiny
+    return torch.logit(cdf.clamp(tiny, 1 - torch.finfo(cdf.dtype).eps))

@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["BatchStream"]
+__all__ = ["BatchStream", "hyper_dataloader"]
+
+
+def hyper_dataloader(trainer: Any) -> Iterable[Any]:
+    """The held-out loader of the datamodule ``trainer`` fits with; a clear error when it has none."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None or not hasattr(datamodule, "hyper_dataloader"):
+        raise RuntimeError(
+            "MADAO needs held-out hyper-validation batches: pass a datamodule with a "
+            "`hyper_dataloader()` method (see madao_pl.data.ImageDataModule) to trainer.fit."
+        )
+    return datamodule.hyper_dataloader()
 
 
 class BatchStream:
