@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import madao_pl.module as module_lib
 from madao_pl.augment import OP_NAMES, IdentityPolicy, MADAOPolicy
 from madao_pl.callbacks import PolicyHistoryCallback, WarmupCallback
 from madao_pl.hyperstep import HyperStepConfig
@@ -120,6 +121,33 @@ def test_hyper_step_every_s_steps_after_warmup_only(tmp_path) -> None:
     # The policy only moves on hyper steps.
     for (_, is_hyper, flat), (_, _, previous) in zip(recorder.steps[1:], recorder.steps[:-1], strict=True):
         assert torch.equal(flat, previous) or is_hyper
+
+
+def test_hyper_step_takes_its_batch_and_the_k_minus_1_before_it(tmp_path, monkeypatch) -> None:
+    """hyper_train_batches = k: each hyper step gets the raw images of the k - 1 inner steps before it,
+    then its own, in order."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    batches: list[torch.Tensor] = []
+    real = module_lib.hyper_step
+
+    def recording(net, policy, train, *args, **kwargs):
+        seen.append(train)
+        return real(net, policy, train, *args, **kwargs)
+
+    class Batches(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            batches.append(batch[0].clone())
+
+    monkeypatch.setattr(module_lib, "hyper_step", recording)
+    data = BrightnessData(n=192, batch_size=16)  # 6 steps an epoch
+    module = make_module(MADAOPolicy(), inner_steps=4, hyper_train_batches=3)
+    make_trainer(tmp_path, epochs=2, callbacks=[WarmupCallback(1), Batches()]).fit(module, datamodule=data)
+    assert len(seen) == 1  # steps after warm-up: 6..11, the hyper step is the 4th (index 9)
+    images, labels = seen[0]
+    assert images.shape[0] == labels.shape[0] == 48
+    assert torch.equal(images, torch.cat(batches[7:10]))
+    with pytest.raises(ValueError, match="hyper_train_batches"):
+        make_module(MADAOPolicy(), hyper_train_batches=0)
 
 
 def test_a_run_with_few_hyper_steps_says_so_at_start(tmp_path) -> None:

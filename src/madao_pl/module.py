@@ -10,6 +10,7 @@ differ only in the policy.
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -60,6 +61,9 @@ class MADAOModule(pl.LightningModule):
         cutout: Cutout square side in pixels after the policy (0 = off).
         inner_steps: s, network steps per hyper step (the s-th is the hyper step), >= 1.
         hyper: the hyper step's solver and memory settings.
+        hyper_train_batches: k, training batches the hyper step differentiates through: its own and the
+            k - 1 inner steps' before it (raw images, augmented afresh), for k times the samples per policy
+            parameter; its network step then averages over all k (1: the paper's, its own batch only).
     """
 
     def __init__(
@@ -76,9 +80,15 @@ class MADAOModule(pl.LightningModule):
         cutout: int = 0,
         inner_steps: int = 30,
         hyper: HyperStepConfig | None = None,
+        hyper_train_batches: int = 1,
     ) -> None:
         super().__init__()
-        for name, value, low in (("inner_steps", inner_steps, 1), ("cutout", cutout, 0)):
+        checked = (
+            ("inner_steps", inner_steps, 1),
+            ("cutout", cutout, 0),
+            ("hyper_train_batches", hyper_train_batches, 1),
+        )
+        for name, value, low in checked:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         check_network(net)
@@ -97,6 +107,7 @@ class MADAOModule(pl.LightningModule):
         self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.warmup_active = False
         self.hyper_batches = BatchStream(lambda: hyper_dataloader(self._trainer))
+        self._recent_batches: deque[tuple[Tensor, Tensor]] = deque(maxlen=hyper_train_batches - 1)
         self._steps_since_warmup = 0  # the inner_step buffer's value, kept on the host (no sync per step)
         self._generator_state: Tensor | None = None
         # The policy's gradient is the hypergradient, reduced by hand: keep it out of DDP's reducer.
@@ -148,6 +159,8 @@ class MADAOModule(pl.LightningModule):
                 optimizer.zero_grad()
                 self.manual_backward(loss)
                 optimizer.step()
+            if self._recent_batches.maxlen and self.learns_policy and not self.warmup_active:
+                self._recent_batches.append((images, labels))
         if not self.warmup_active:
             self._steps_since_warmup += 1
             self.inner_step.fill_(self._steps_since_warmup)
@@ -158,6 +171,10 @@ class MADAOModule(pl.LightningModule):
 
     def _hyper_step(self, images: Tensor, labels: Tensor) -> Tensor:
         """The s-th step: hyper step, then both optimiser steps with rank-averaged gradients."""
+        if self._recent_batches:
+            images = torch.cat([*(b[0] for b in self._recent_batches), images])
+            labels = torch.cat([*(b[1] for b in self._recent_batches), labels])
+            self._recent_batches.clear()
         val_images, val_labels = (t.to(self.device, non_blocking=True) for t in self.hyper_batches.next())
         result = hyper_step(
             self.net, self.policy, (images, labels), (val_images, val_labels),
