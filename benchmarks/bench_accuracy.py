@@ -7,7 +7,13 @@ thread each), in this order:
 - ``methods`` (``bench_accuracy``): every method on digits and low-data digits x seeds 0, 1, 2;
 - ``replay``: each MADAO run's final policy, replayed from scratch (``augment=replay``, same data and seed);
 - ``inner_steps`` (``bench_inner_steps``): MADAO with s = 5, 10, 30, 50, 100, seed 0 (Figure 3);
-- ``warmup_epochs`` (``bench_warmup``): MADAO with w = 0, 10, 20, 30, seed 0 (Figure 6).
+- ``warmup_epochs`` (``bench_warmup``): MADAO with w = 0, 10, 20, 30, seed 0 (Figure 6);
+- ``levers`` (``bench_levers``): MADAO on both data sets x seeds 0, 1, 2 once per entry of :data:`LEVERS`
+  (its overrides added), each into ``levers/<lever>``; summarize labels each by the settings it changes.
+
+Every MADAO-like run's policy movement (first against last row of its ``policy_history.csv``) goes into
+``movement``: per parameter group the mean absolute change, and the effective use per stage (the sum over
+ops of selection x apply probability: the chance that a stage changes an image).
 
 Each sweep directory is emptied first, so the numbers come from this invocation. ``--out``
 (``accuracy.json``) gets summarize's tables (methods and replays in one), the runs' numbers, the settings
@@ -20,9 +26,11 @@ Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -37,10 +45,26 @@ SWEEPS = {
     "replay": None,
     "inner_steps": "bench_inner_steps",
     "warmup_epochs": "bench_warmup",
+    "levers": "bench_levers",
 }
 """Sweep -> its experiment config; ``replay`` retrains, from scratch, with each ``methods`` MADAO run's final
 policy (``augment=replay``, same data set and seed): does the learned policy itself transfer?"""
 PLOTS = {"inner_steps": "sweep_inner_steps.png", "warmup_epochs": "sweep_warmup.png"}
+LEVERS = {
+    "start_p0.2": ["augment.policy.init_probability=-1.4"],
+    "direction_only": ["augment.hyper.direction_only=true"],
+    "adam": ["augment.policy_optimizer._target_=torch.optim.Adam"],
+    "val_batch_256": ["dataset.datamodule.hyper_batch_size=256"],
+    "damped_cg": ["augment.hyper.method=cg", "augment.hyper.damping=0.01", "augment.hyper.cg_iterations=10"],
+    "rao16_centered": ["augment.policy.rao_samples=16", "augment.policy.centered_selection=true"],
+    "rao16_centered_k4": [
+        "augment.policy.rao_samples=16",
+        "augment.policy.centered_selection=true",
+        "augment.hyper_train_batches=4",
+    ],
+}
+"""Issue #12's levers, each one change to the defaults (the methods sweep holds the defaults and the paper's
+start): lever -> overrides."""
 
 
 def run_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:
@@ -74,6 +98,27 @@ def run_replays(methods_dir: Path, replay_dir: Path, overrides: list[str]) -> in
     return max([*statuses, *(p.wait() for p in running)], default=0)
 
 
+def policy_movement(run_dir: Path) -> dict[str, float] | None:
+    """How far a run's policy moved: mean ``|last - first|`` per group (selection, apply, magnitude) over its
+    ``policy_history.csv``, and the effective use (sum of selection x apply) per stage, first and last."""
+    path = run_dir / "policy_history.csv"
+    if not path.is_file():
+        return None
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    steps = sorted({int(r["hyper_step"]) for r in rows})
+    first, last = ([r for r in rows if int(r["hyper_step"]) == step] for step in (steps[0], steps[-1]))
+    out: dict[str, float] = {"hyper_steps": float(steps[-1])}
+    for group in ("selection", "apply", "magnitude"):
+        pairs = [(float(a[group]), float(b[group])) for a, b in zip(first, last, strict=True) if a[group]]
+        out[f"{group}_mean_abs_change"] = statistics.fmean(abs(b - a) for a, b in pairs)
+    for name, rows_of in (("first", first), ("last", last)):
+        for stage in sorted({r["stage"] for r in rows_of}):
+            use = sum(float(r["selection"]) * float(r["apply"]) for r in rows_of if r["stage"] == stage)
+            out[f"use_stage{stage}_{name}"] = use
+    return out
+
+
 def settings_of(run: Run) -> dict[str, Any]:
     """The shared settings, read from a MADAO run's config (not assumed)."""
     s = run.settings
@@ -98,19 +143,27 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
     """accuracy.json's content from the sweep directories; the plots beside ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tables, all_problems, records, found = {}, [], {}, {}
+    movement = []
     for name in (n for n in SWEEPS if n != "replay"):
         runs, problems = collect(
             [runs_dir / name, runs_dir / "replay"] if name == "methods" else [runs_dir / name]
         )
         found[name] = runs
         if runs:
-            table, more = summarize(runs, by=None if name == "methods" else name)
+            table, more = summarize(runs, by=name if name in PLOTS else None)
             problems += more
             tables[name] = render_markdown(table, problems)
             if name in PLOTS:
                 title = f"{runs[0].dataset}, {runs[0].model}, seeds {sorted({r.seed for r in runs}, key=str)}"
                 plot_table(table, out.parent / PLOTS[name], title)
         all_problems += problems
+        for r in (r for r in runs if r.augment.startswith("madao") and name in ("methods", "levers")):
+            group = r.path.parent.relative_to(runs_dir / name).parts[0] if name == "levers" else r.augment
+            moved = policy_movement(r.path.parent)
+            if moved:
+                movement.append(
+                    {"sweep": name, "group": group, "dataset": r.dataset, "seed": r.seed, **moved}
+                )
         fields = ("augment", "seed", "inner_steps", "warmup_epochs")
         records[name] = [
             {"path": str(r.path), **{k: r.settings.get(k, getattr(r, k, None)) for k in fields}, **r.metrics}
@@ -133,6 +186,8 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
         "settings": {"datasets": dict(sorted(per_dataset.items())), "seeds": seeds},
         "tables": tables,
         "runs": records,
+        "movement": movement,
+        "levers": LEVERS,
         "problems": all_problems,
         "complete": not all_problems and all(status == 0 for status in statuses.values()),
     }
@@ -154,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.no_run else args.sweeps:
         if name == "replay":
             statuses[name] = run_replays(runs_dir / "methods", runs_dir / "replay", overrides)
+        elif name == "levers":
+            shutil.rmtree(runs_dir / name, ignore_errors=True)
+            codes = [
+                run_sweep(SWEEPS[name], runs_dir / name / k, [*v, *overrides]) for k, v in LEVERS.items()
+            ]
+            statuses[name] = max(codes, default=0)
         else:
             statuses[name] = run_sweep(SWEEPS[name], runs_dir / name, overrides)
     previous = json.loads(args.out.read_text()) if args.no_run and args.out.is_file() else {}

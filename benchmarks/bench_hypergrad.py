@@ -11,6 +11,9 @@ weights (BatchNorm buffers restored before each call), each call with its own dr
   independent hypergradients and the median over coordinates of ``|mean| / standard error``.
 - ``averaging``: the mean pairwise cosine between averages of ``m`` independent hypergradients (disjoint
   groups of the ``all`` draws): what averaging ``m`` draws per hyper step would buy.
+- ``estimators``: the ``all`` statistics and the seconds per hypergradient for each variance-reduction
+  option of :data:`ESTIMATORS` (the policy's ``rao_samples`` / ``centered_selection``, the module's
+  ``hyper_train_batches`` k: k training batches per draw).
 - ``val_batch``: the ``all`` cosine with the whole hyper-validation split as the batch.
 - ``reference``: on a few draws, the cosine of the configured hypergradient to the implicit gradient with
   a damped Hessian solved by CG to convergence (``(H + lambda I)^{-1}``, float64, ``lambda`` =
@@ -48,6 +51,15 @@ from madao_pl.hyperstep import HyperStepConfig, hyper_step
 from madao_pl.module import MADAOModule
 
 SOURCES = ("all", "train_batch", "policy_draws", "val_batch")
+ESTIMATORS: dict[str, dict[str, Any]] = {
+    "paper": {"rao_samples": 1, "centered_selection": False, "batches": 1},
+    "centered": {"rao_samples": 1, "centered_selection": True, "batches": 1},
+    "rao16": {"rao_samples": 16, "centered_selection": False, "batches": 1},
+    "rao16_centered": {"rao_samples": 16, "centered_selection": True, "batches": 1},
+    "rao16_centered_k4": {"rao_samples": 16, "centered_selection": True, "batches": 4},
+    "rao16_centered_k8": {"rao_samples": 16, "centered_selection": True, "batches": 8},
+}
+"""Variance-reduction options measured side by side: policy attributes and training batches per draw."""
 
 
 def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
@@ -102,27 +114,37 @@ def statistics_of(draws: list[dict[str, Tensor]]) -> dict[str, dict[str, float]]
     return out
 
 
+def _subset(images: Tensor, labels: Tensor, seed: int, size: int) -> tuple[Tensor, Tensor]:
+    """A seeded random subset of ``size`` samples (without replacement)."""
+    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:size]
+    return images[pick], labels[pick]
+
+
+def _split(loader: Any) -> tuple[Tensor, Tensor]:
+    """One pass of ``loader``, concatenated."""
+    batches = list(loader)
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
 class Draws:
-    """Hypergradients at the module's current weights, each from a chosen training batch, seed and
-    hyper-validation subset; a float64 copy of the module for reference solves."""
+    """Hypergradients at the module's current weights, each from a chosen training batch (a seeded random
+    subset of the training split, ``batches`` batches of ``val_size``), seed and hyper-validation subset; a
+    float64 copy of the module for reference solves."""
 
     def __init__(self, module: MADAOModule, datamodule: Any, val_size: int) -> None:
         self.module, self.state = module, copy.deepcopy(module.net.state_dict())
         self.reference = copy.deepcopy(module).double()
-        train = list(datamodule.train_dataloader())
-        self.train = [train[i % len(train)] for i in range(64)]
-        hyper = list(datamodule.hyper_dataloader())
-        self.hyper_images = torch.cat([images for images, _ in hyper])
-        self.hyper_labels = torch.cat([labels for _, labels in hyper])
-        self.val_size = val_size
+        self.train_images, self.train_labels = _split(datamodule.train_dataloader())
+        self.hyper_images, self.hyper_labels = _split(datamodule.hyper_dataloader())
+        self.val_size, self.batches = val_size, 1
+
+    def train_batch(self, index: int) -> tuple[Tensor, Tensor]:
+        """Training batch ``index``: ``batches * val_size`` samples of the training split."""
+        return _subset(self.train_images, self.train_labels, 40_000 + index, self.batches * self.val_size)
 
     def val_batch(self, index: int, size: int | None = None) -> tuple[Tensor, Tensor]:
         """A seeded random subset of the hyper-validation split (``size`` samples, default ``val_size``)."""
-        order = torch.randperm(
-            len(self.hyper_labels), generator=torch.Generator().manual_seed(10_000 + index)
-        )
-        pick = order[: size or self.val_size]
-        return self.hyper_images[pick], self.hyper_labels[pick]
+        return _subset(self.hyper_images, self.hyper_labels, 10_000 + index, size or self.val_size)
 
     def hypergrad(
         self, train: int, seed: int, val: int, config: HyperStepConfig | None = None,
@@ -133,7 +155,7 @@ class Draws:
         state = m.net.state_dict() if reference else self.state
         saved = copy.deepcopy(state)
         dtype = torch.float64 if reference else torch.float32
-        (images, labels), (val_images, val_labels) = self.train[train], self.val_batch(val, val_size)
+        (images, labels), (val_images, val_labels) = self.train_batch(train), self.val_batch(val, val_size)
         torch.manual_seed(20_000 + seed)
         result = hyper_step(
             m.net, m.policy, (images.to(dtype), labels), (val_images.to(dtype), val_labels),
@@ -171,7 +193,7 @@ def op_gradients(draws: Draws, batches: int) -> dict[str, Any]:
     for op in (None, *OPERATIONS):
         rows = []
         for b in range(batches):
-            x, y = draws.train[b]
+            x, y = draws.train_batch(b)
             gen = torch.Generator().manual_seed(b)
             if op is not None:
                 mu = torch.full((len(x),), magnitudes.get(op.name, 0.0))
@@ -185,6 +207,21 @@ def op_gradients(draws: Draws, batches: int) -> dict[str, Any]:
         net.load_state_dict(draws.state)
         norm, dot, cos = (statistics.fmean(r[k] for r in rows) for k in range(3))
         out["none" if op is None else op.name] = {"grad_norm": norm, "inner_product": dot, "cosine": cos}
+    return out
+
+
+def estimators(draws: Draws, count: int) -> dict[str, Any]:
+    """Per :data:`ESTIMATORS` option: the ``all`` statistics over ``count`` draws, seconds per draw."""
+    policy, out = draws.module.policy, {}
+    saved = (policy.rao_samples, policy.centered_selection)
+    for name, option in ESTIMATORS.items():
+        policy.rao_samples, policy.centered_selection = option["rao_samples"], option["centered_selection"]
+        draws.batches = option["batches"]
+        started = time.perf_counter()
+        rows = [draws.hypergrad(i, i, i) for i in range(count)]
+        out[name] = {**option, "seconds_per_draw": (time.perf_counter() - started) / count}
+        out[name].update(statistics_of(rows))
+    (policy.rao_samples, policy.centered_selection), draws.batches = saved, 1
     return out
 
 
@@ -235,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             report["averaging"][m] = statistics_of(means)
     whole = [draws.hypergrad(i, i, i, val_size=len(draws.hyper_labels)) for i in range(n)]
     report["val_batch"] = {"size": len(draws.hyper_labels), **statistics_of(whole)}
+    report["estimators"] = estimators(draws, n)
     report["reference"] = reference_alignment(draws, args.reference_draws, args.damping)
     report["ops"] = op_gradients(draws, args.op_batches)
     report["wall_s"] = time.perf_counter() - started
@@ -252,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         "whole val split",
         {k: round(v["mean_pairwise_cosine"], 3) for k, v in report["val_batch"].items() if k != "size"},
     )
+    for name, row in report["estimators"].items():
+        print(name, {k: round(v["mean_pairwise_cosine"], 3) for k, v in row.items() if isinstance(v, dict)})
     print("reference", report["reference"]["mean"])
     print(f"wrote {args.out} in {report['wall_s']:.0f} s")
     return 0

@@ -225,6 +225,7 @@ def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -
     for key, heading, image in (
         ("inner_steps", "Inner steps s (paper Figure 3), MADAO", "sweep_inner_steps.png"),
         ("warmup_epochs", "Warm-up epochs w (paper Figure 6), MADAO", "sweep_warmup.png"),
+        ("levers", "Levers: one change to MADAO's defaults each, seeds 0, 1, 2", None),
         (None, "Selection probabilities over epochs (paper Figures 2 and 4)", "madao_policy_evolution.png"),
         (
             None,
@@ -232,11 +233,43 @@ def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -
             "madao_policy_parameters.png",
         ),
     ):
-        link = Path(os.path.relpath(results_dir / image, readme_dir)).as_posix()
-        shown = [f"![{heading}]({link})", ""] if (results_dir / image).is_file() else []
+        link = Path(os.path.relpath(results_dir / (image or ""), readme_dir)).as_posix()
+        shown = [f"![{heading}]({link})", ""] if image and (results_dir / image).is_file() else []
         table = [tables[key].rstrip(), ""] if key in tables else []
         out += [f"### {heading}", "", *table, *shown] if shown or table else []
-    return out
+    if report.get("levers"):
+        rows = [
+            [f"`{name}`", " ".join(f"`{o}`" for o in overrides)]
+            for name, overrides in report["levers"].items()
+        ]
+        out += block("The levers' overrides:", ["lever", "overrides"], rows)
+    return out + movement_table(report.get("movement", []))
+
+
+def movement_table(movement: list[dict[str, Any]]) -> list[str]:
+    """Per sweep / method or lever / data set, means over seeds: how far each group of the policy moved and
+    the effective use per stage (chance that a stage changes an image), first -> last."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in movement:
+        groups.setdefault((row["sweep"], row["group"], row["dataset"]), []).append(row)
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows)
+
+    table = [
+        [f"{sweep} `{group}`", dataset, str(len(rows)), fmt(mean(rows, "hyper_steps"), 0),
+         *(fmt(mean(rows, f"{g}_mean_abs_change"), 4) for g in ("selection", "apply", "magnitude")),
+         *(f"{fmt(mean(rows, f'use_stage{k}_first'))} -> {fmt(mean(rows, f'use_stage{k}_last'))}"
+           for k in (0, 1) if f"use_stage{k}_first" in rows[0])]
+        for (sweep, group, dataset), rows in groups.items()
+    ]  # fmt: skip
+    header = ["run", "data set", "seeds", "hyper steps", "selection |change|", "apply |change|"]
+    header += ["magnitude |change|", "use stage 0", "use stage 1"]
+    caption = (
+        "How far the learned policies moved (first against last row of each run's `policy_history.csv`, "
+        "mean over ops and stages, then over seeds); use: sum over ops of selection x apply probability."
+    )
+    return block(caption, header, table)
 
 
 def hypergrad_body(report: dict[str, Any]) -> list[str]:
@@ -264,6 +297,18 @@ def hypergrad_body(report: dict[str, Any]) -> list[str]:
         markdown_table(["draws", *names], rows),
         "",
     ]
+    rows = [
+        [f"`{name}`", str(r["rao_samples"]), fmt(r["centered_selection"]), str(r["batches"]),
+         fmt(r["seconds_per_draw"]), *(f"{r[n]['mean_pairwise_cosine']:.3f}" for n in names)]
+        for name, r in report.get("estimators", {}).items()
+    ]  # fmt: skip
+    caption = (
+        "Variance reduction, every source varying, same draws for each option: Gumbel-Rao samples S "
+        "(`augment.policy.rao_samples`), the selection factor on the change only "
+        "(`augment.policy.centered_selection`), training batches per hyper step k "
+        "(`augment.hyper_train_batches`). Cell: mean pairwise cosine."
+    )
+    out += block(caption, ["option", "S", "centered", "k", "s / draw", *names], rows)
     ref = report["reference"]
     mean = ", ".join(f"{n} {v:.3f}" for n, v in ref["mean"].items())
     out += [

@@ -53,7 +53,12 @@ def test_tiny_run_writes_every_part_and_renders(tmp_path: Path, single_thread: N
         assert all(-1.0 <= row[g]["mean_pairwise_cosine"] <= 1.0 for g in groups)
     assert set(result["averaging"]) == {"1", "2"} and -1 <= result["reference"]["mean"]["logits"] <= 1
     assert list(result["ops"]) == ["none", *OP_NAMES]
+    assert list(result["estimators"]) == list(bench_hypergrad.ESTIMATORS)
+    for name, row in result["estimators"].items():
+        assert groups <= set(row) and row["seconds_per_draw"] > 0
+        assert row["batches"] == bench_hypergrad.ESTIMATORS[name]["batches"]
     assert len(result["ops"]) == 15 and all(v["grad_norm"] > 0 for v in result["ops"].values())
     assert result["settings"]["warmup_epochs"] == 1 and result["settings"]["draws"] == 4
     text = report.build_readme(tmp_path, tmp_path)
     assert "## Signal and noise of one hypergradient on digits" in text and "| `Invert` |" in text
+    assert "| `rao16_centered_k4` | 16 | yes | 4 |" in text

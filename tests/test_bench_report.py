@@ -145,6 +145,11 @@ def fake_sweeps(root: Path) -> None:
             if method == "madao" and seed == 0:
                 (out / "policy_evolution.png").write_bytes(b"png")
     write_run(root / "replay", "digits_0", "digits", "cnn", "replay", 0, 0.043)
+    lever = write_run(root / "levers" / "rao16_centered", "0", "digits", "cnn", "madao", 0, 0.041, lr=0.2)
+    history = ["hyper_step,epoch,global_step,stage,op,selection,apply,magnitude"]
+    for step, (sel, app, mag) in enumerate([(0.5, 0.2, 0.6), (0.4, 0.1, 0.7)]):  # 2 ops, 1 stage
+        history += [f"{step * 10},0,0,0,A,{sel},{app},{mag}", f"{step * 10},0,0,0,B,{1 - sel},{app},"]
+    (lever / "policy_history.csv").write_text("\n".join(history) + "\n")
     for key, values in (("inner_steps", (5, 30)), ("warmup_epochs", (0, 20))):
         for job, value in enumerate(values):
             write_run(root / key, str(job), "digits", "cnn", "madao", 0, 0.05 + value / 1000, **{key: value})
@@ -167,12 +172,21 @@ def test_accuracy_report_from_the_multirun_directories(tmp_path: Path) -> None:
     assert (out.parent / "sweep_inner_steps.png").stat().st_size > 0
     assert (out.parent / "sweep_warmup.png").stat().st_size > 0
     assert (out.parent / "madao_policy_evolution.png").read_bytes() == b"png"
+    (moved,) = accuracy["movement"]
+    assert moved["sweep"] == "levers" and moved["group"] == "rao16_centered" and moved["hyper_steps"] == 10
+    assert moved["selection_mean_abs_change"] == pytest.approx(0.1)
+    assert moved["apply_mean_abs_change"] == pytest.approx(0.1)
+    assert moved["magnitude_mean_abs_change"] == pytest.approx(0.1)  # B has no magnitude
+    assert moved["use_stage0_first"] == pytest.approx(0.2) and moved["use_stage0_last"] == pytest.approx(0.1)
+    assert "4.10 (1)" in accuracy["tables"]["levers"] and accuracy["levers"] == bench_accuracy.LEVERS
 
     out.write_text(json.dumps(accuracy))
     readme = report.build_readme(out.parent, tmp_path)
     assert methods.rstrip() in readme and accuracy["tables"]["warmup_epochs"].rstrip() in readme
     assert "![Inner steps s (paper Figure 3), MADAO](results/sweep_inner_steps.png)" in readme
     assert "(results/madao_policy_evolution.png)" in readme and "Incomplete" not in readme
+    assert accuracy["tables"]["levers"].rstrip() in readme and "| `rao16_centered` |" in readme
+    assert "| levers `rao16_centered` | digits | 1 | 10 | 0.1000 | 0.1000 | 0.1000 | 0.20 -> 0.10 |" in readme
     summary = report.top_readme_summary(out.parent)
     assert summary.startswith("digits: model `cnn`") and methods.rstrip() in summary
 

@@ -230,6 +230,24 @@ def test_the_benchmark_sweeps(sweeps: dict) -> None:
     }
 
 
+def test_the_lever_sweep_and_every_lever_composes(sweeps: dict) -> None:
+    """bench_levers: MADAO on both digits variants x three seeds; each lever of bench_accuracy.LEVERS is a
+    valid override list that changes what it says and passes madao_pl.run's checks."""
+    from benchmarks.bench_accuracy import LEVERS
+
+    assert grid(sweeps, "bench_levers", "dataset", "augment", "seed") == {
+        (d, "madao", s) for d in ("digits", "digits_low") for s in (0, 1, 2)
+    }
+    default = OmegaConf.to_container(_compose("experiment=bench_levers"), resolve=True)
+    for name, overrides in LEVERS.items():
+        cfg = _compose("experiment=bench_levers", *overrides)
+        check_config(cfg)
+        for override in overrides:
+            key, text = override.split("=", 1)
+            assert str(OmegaConf.select(cfg, key)).lower() == text.lower(), (name, override)
+        assert OmegaConf.to_container(cfg, resolve=True) != default, name
+
+
 def test_command_line_wins_over_the_experiment(hydra_context: None) -> None:
     """A swept key given one value on the command line replaces its list; a group the experiment
     picks can be changed (e.g. a CPU check of a GPU experiment)."""
