@@ -15,7 +15,8 @@ Every MADAO-like run's policy movement (first against last row of its ``policy_h
 ``movement``: per parameter group the mean absolute change, and the effective use per stage (the sum over
 ops of selection x apply probability: the chance that a stage changes an image).
 
-Each sweep directory is emptied first, so the numbers come from this invocation. ``--out``
+Each sweep directory is emptied first, so its numbers come from the invocation that ran it (``--sweeps``
+runs some; ``runs_by`` says which invocation ran each, and the others keep their previous status). ``--out``
 (``accuracy.json``) gets summarize's tables (methods and replays in one), the runs' numbers, the settings
 read from the MADAO runs' configs, and beside it the sweep plots and the MADAO seed-0 run's policy plots.
 Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench/accuracy] [--sweeps ...]
@@ -193,6 +194,18 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
     }
 
 
+def sweeps_run_by(previous: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Which invocation ran each sweep of a previous accuracy.json: sweep -> {command, date} (its own
+    ``runs_by``, or, from an older layout, one invocation for every sweep it lists)."""
+    runs_by = previous.get("runs_by") or {}
+    if "command" in runs_by or (
+        not runs_by and "command" in previous and "--no-run" not in previous["command"]
+    ):
+        one = {k: (runs_by or previous)[k] for k in ("command", "date")}
+        return {name: one for name in previous.get("sweep_exit_status", {})}
+    return dict(runs_by)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
@@ -205,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-run", action="store_true", help="only summarise the existing sweep directories")
     args = parser.parse_args(own)
     runs_dir = args.runs_dir.resolve()
-    statuses = {}
-    for name in [] if args.no_run else args.sweeps:
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    ran = [] if args.no_run else args.sweeps
+    statuses = dict(previous.get("sweep_exit_status", {}))
+    for name in ran:
         if name == "replay":
             statuses[name] = run_replays(runs_dir / "methods", runs_dir / "replay", overrides)
         elif name == "levers":
@@ -217,14 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             statuses[name] = max(codes, default=0)
         else:
             statuses[name] = run_sweep(SWEEPS[name], runs_dir / name, overrides)
-    previous = json.loads(args.out.read_text()) if args.no_run and args.out.is_file() else {}
-    if (
-        "runs_by" in previous or "command" in previous
-    ):  # re-summarising: keep who ran the runs, and how it went
-        statuses = previous.get("sweep_exit_status", {})
     report = build_report(runs_dir, args.out, statuses, argv)
-    if previous:
-        report["runs_by"] = previous.get("runs_by") or {k: previous.get(k) for k in ("command", "date")}
+    runs_by = sweeps_run_by(previous)
+    runs_by.update({name: {"command": report["command"], "date": report["date"]} for name in ran})
+    report["runs_by"] = runs_by
     write_json(args.out, report)
     print("\n".join(report["tables"].values()))
     print(f"wrote {args.out} and its plots; runs in {runs_dir}")

@@ -72,8 +72,11 @@ def provenance(report: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "torchvision", "kornia") if m.get(k))
     where = f"{m['cpu_count']} CPU cores ({m.get('cpu')})" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
     command = report.get("command", "unknown")
-    runs = report.get("runs_by")
-    by = f" (the runs: {runs['date']}, `{runs['command']}`)" if runs else ""
+    by_invocation: dict[tuple[str, str], list[str]] = {}
+    for sweep, run in (report.get("runs_by") or {}).items():
+        by_invocation.setdefault((run["date"], run["command"]), []).append(sweep)
+    parts = [f"{', '.join(sweeps)}: {date}, `{command}`" for (date, command), sweeps in by_invocation.items()]
+    by = f" (the runs: {'; '.join(parts)})" if parts else ""
     return f"Measured {report['date']} on {where}; {m.get('platform')}; {versions}; by `{command}`{by}."
 
 

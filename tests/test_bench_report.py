@@ -265,5 +265,39 @@ def test_resummarising_keeps_the_invocation_that_ran_the_runs(tmp_path: Path) ->
     assert bench_accuracy.main(["--no-run", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 1
     again = json.loads(out.read_text())
     assert again["sweep_exit_status"] == {"methods": 1} and again["complete"] is False
-    assert again["runs_by"] == {"command": "python -m benchmarks.bench_accuracy", "date": first["date"]}
-    assert "(the runs: " in report.build_readme(out.parent, tmp_path)
+    first_run = {"command": "python -m benchmarks.bench_accuracy", "date": first["date"]}
+    assert again["runs_by"] == {"methods": first_run}
+    assert (
+        f"(the runs: methods: {first['date']}, `python -m benchmarks.bench_accuracy`)"
+        in report.build_readme(out.parent, tmp_path)
+    )
+
+
+def test_running_some_sweeps_keeps_the_others_provenance(tmp_path: Path, monkeypatch) -> None:
+    """--sweeps levers: the levers' status and invocation are this run's, the other sweeps keep theirs."""
+    fake_sweeps(tmp_path / "runs")
+    out = tmp_path / "results" / "accuracy.json"
+    earlier = {"command": "python -m benchmarks.bench_accuracy", "date": "2026-01-01"}
+    old = {"command": "python -m benchmarks.bench_accuracy --no-run", "sweep_exit_status": {"methods": 0},
+           "runs_by": earlier}  # fmt: skip
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps(old))
+    launched = []
+
+    def fake_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:
+        launched.append((experiment, sweep_dir.name, overrides))
+        write_run(sweep_dir, "0", "digits", "cnn", "madao", 0, 0.04, lr=0.1 + len(launched))
+        return 0
+
+    monkeypatch.setattr(bench_accuracy, "run_sweep", fake_sweep)
+    argv = ["--sweeps", "levers", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    assert bench_accuracy.main(argv) == 0
+    assert [name for _, name, _ in launched] == list(bench_accuracy.LEVERS)
+    assert (
+        all(e == "bench_levers" for e, _, _ in launched)
+        and launched[0][2] == bench_accuracy.LEVERS["start_p0.2"]
+    )
+    result = json.loads(out.read_text())
+    assert result["sweep_exit_status"] == {"methods": 0, "levers": 0}
+    assert result["runs_by"]["methods"] == earlier
+    assert result["runs_by"]["levers"]["command"] == "python -m benchmarks.bench_accuracy " + " ".join(argv)
