@@ -289,6 +289,14 @@ def test_every_job_composes_and_passes_the_checks(name: str, sweeps: dict) -> No
 # --- the data set presets ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("override", ["dataset.epochs=3", "trainer.max_epochs=3"])
+def test_the_schedule_follows_the_run_length_whichever_key_sets_it(override: str, hydra_context: None) -> None:
+    """One run length: dataset.epochs sets trainer.max_epochs, and the cosine period follows max_epochs."""
+    for dataset, key in (("digits", "T_max"), ("cifar10", "T_0"), ("flowers", "T_max")):
+        cfg = _compose(f"dataset={dataset}", override)
+        assert cfg.trainer.max_epochs == 3 and cfg.dataset.scheduler[key] == 3, (dataset, override)
+
+
 @pytest.mark.parametrize("name", DATASETS)
 def test_dataset_composes_into_a_buildable_datamodule_and_scheduler(name: str, hydra_context: None) -> None:
     overrides = [f"dataset={name}"] + (["dataset.root=/data/images"] if name == "folder" else [])
