@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install madao_pl (editable, with dev extras); no-op when up to date
 
-run: install  ## the embedded default job: MADAO on scikit-learn's digits, CPU
-	$(PY) -m madao_pl.run $(ARGS)
+run: install  ## the embedded job: MADAO on scikit-learn's digits, CPU (experiment=quickstart)
+	$(PY) -m madao_pl.run experiment=quickstart $(ARGS)
 
 test: install  ## the whole suite, slow tests included
 	$(PYTEST) -q

@@ -51,6 +51,12 @@ SWEEPS = {
 """Sweep -> its experiment config; ``replay`` retrains, from scratch, with each ``methods`` MADAO run's final
 policy (``augment=replay``, same data set and seed): does the learned policy itself transfer?"""
 PLOTS = {"inner_steps": "sweep_inner_steps.png", "warmup_epochs": "sweep_warmup.png"}
+CLEAN = [
+    "augment.policy.rao_samples=16",
+    "augment.policy.centered_selection=true",
+    "augment.hyper_train_batches=4",
+]
+"""The cleanest hypergradient measured within the time budget (bench_hypergrad's estimators)."""
 LEVERS = {
     "start_p0.2": ["augment.policy.init_probability=-1.4"],
     "direction_only": ["augment.hyper.direction_only=true"],
@@ -58,14 +64,17 @@ LEVERS = {
     "val_batch_256": ["dataset.datamodule.hyper_batch_size=256"],
     "damped_cg": ["augment.hyper.method=cg", "augment.hyper.damping=0.01", "augment.hyper.cg_iterations=10"],
     "rao16_centered": ["augment.policy.rao_samples=16", "augment.policy.centered_selection=true"],
-    "rao16_centered_k4": [
-        "augment.policy.rao_samples=16",
-        "augment.policy.centered_selection=true",
-        "augment.hyper_train_batches=4",
+    "rao16_centered_k4": CLEAN,
+    "clean_lr0.1": [*CLEAN, "augment.policy_optimizer.lr=0.1"],
+    "clean_lr0.1_direction_only": [
+        *CLEAN,
+        "augment.policy_optimizer.lr=0.1",
+        "augment.hyper.direction_only=true",
     ],
 }
-"""Issue #12's levers, each one change to the defaults (the methods sweep holds the defaults and the paper's
-start): lever -> overrides."""
+"""Issue #12's levers, each a change to the defaults (the methods sweep holds the defaults and the paper's
+start): lever -> overrides. ``clean_lr0.1*``: the clean hypergradient with 10x the policy's learning rate, so
+that the few hyper steps of a digits run can move the policy and show where the hypergradient points."""
 
 
 def run_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "madao_pl" / "conf"
 README = ROOT / "experiments" / "README.md"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
-# The paper's experiments (the benchmark's bench_* configs are not in the README's table).
-PAPER_EXPERIMENTS = [e for e in EXPERIMENTS if not e.startswith("bench_")]
+# The paper's experiments (not the benchmark's bench_* configs nor make run's quickstart).
+PAPER_EXPERIMENTS = [e for e in EXPERIMENTS if not e.startswith("bench_") and e != "quickstart"]
 DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml") if not p.stem.startswith("_"))
 GROUPS = ("dataset", "model", "augment", "trainer", "logger")
 OUTPUT = "/tmp/madao_pl_test_experiments"
@@ -230,6 +230,20 @@ def test_the_benchmark_sweeps(sweeps: dict) -> None:
     }
 
 
+def test_make_run_takes_enough_hyper_steps_for_its_plots(hydra_context: None) -> None:
+    """make run's job (experiment=quickstart, the Makefile's run target) plans at least 100 hyper steps on
+    digits: the batches after warm-up, at the real loader's batch count, over s."""
+    from madao_pl.data import DigitsDataModule
+
+    assert "experiment=quickstart" in (ROOT / "Makefile").read_text()
+    cfg = _compose("experiment=quickstart")
+    datamodule = DigitsDataModule(**{k: v for k, v in cfg.dataset.datamodule.items() if k != "_target_"})
+    datamodule.setup("fit")
+    batches = len(datamodule.train_dataloader())
+    planned = (cfg.trainer.max_epochs - cfg.augment.warmup_epochs) * batches // cfg.augment.inner_steps
+    assert cfg.augment.name == "madao" and planned >= 100, planned
+
+
 def test_the_lever_sweep_and_every_lever_composes(sweeps: dict) -> None:
     """bench_levers: MADAO on both digits variants x three seeds; each lever of bench_accuracy.LEVERS is a
     valid override list that changes what it says and passes madao_pl.run's checks."""
@@ -290,7 +304,9 @@ def test_every_job_composes_and_passes_the_checks(name: str, sweeps: dict) -> No
 
 
 @pytest.mark.parametrize("override", ["dataset.epochs=3", "trainer.max_epochs=3"])
-def test_the_schedule_follows_the_run_length_whichever_key_sets_it(override: str, hydra_context: None) -> None:
+def test_the_schedule_follows_the_run_length_whichever_key_sets_it(
+    override: str, hydra_context: None
+) -> None:
     """One run length: dataset.epochs sets trainer.max_epochs, and the cosine period follows max_epochs."""
     for dataset, key in (("digits", "T_max"), ("cifar10", "T_0"), ("flowers", "T_max")):
         cfg = _compose(f"dataset={dataset}", override)

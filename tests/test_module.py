@@ -298,12 +298,14 @@ def test_history_plots_every_n_epochs_and_at_the_end(tmp_path, monkeypatch: pyte
         PolicyHistoryCallback(plot_every_n_epochs=0)
 
 
-def test_module_without_hyper_loader_says_what_is_missing(tmp_path) -> None:
-    module = make_module(MADAOPolicy(), inner_steps=1)
+def test_module_without_hyper_loader_says_what_is_missing_before_training(tmp_path) -> None:
+    """The missing held-out loader is reported at fit start, not after the warm-up epochs."""
+    module, recorder = make_module(MADAOPolicy(), inner_steps=1), StepRecorder()
     with pytest.raises(RuntimeError, match="hyper_dataloader"):
-        make_trainer(tmp_path, epochs=1).fit(
+        make_trainer(tmp_path, epochs=3, callbacks=[WarmupCallback(2), recorder]).fit(
             module, datamodule=_WithoutHyper(BrightnessData(n=64, batch_size=16))
         )
+    assert recorder.steps == []
 
 
 class _WithoutHyper(pl.LightningDataModule):

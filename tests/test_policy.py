@@ -146,6 +146,17 @@ def test_bad_arguments_raise_clear_errors():
         MADAOPolicy()(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize("policy", [MADAOPolicy(), RandAugmentPolicy(), IdentityPolicy()], ids=type)
+def test_images_outside_0_1_are_refused_with_the_fix(policy: Policy) -> None:
+    """Float pixels in [0, 255] or already-normalised images get a message naming the fix; rounding just
+    outside [0, 1] passes."""
+    with pytest.raises(ValueError, match="divide them by 255"):
+        policy(images(2) * 255)
+    with pytest.raises(ValueError, match="already normalised"):
+        policy((images(2) - 0.5) / 0.25)
+    assert policy(images(2).clamp(1e-6, 1 - 1e-6) * (1 + 2e-6) - 1e-6).shape == (2, 3, 8, 8)
+
+
 # -------------------------------------------------------------------------------------------- MADAO: sampling
 
 

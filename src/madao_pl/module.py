@@ -223,7 +223,10 @@ class MADAOModule(pl.LightningModule):
                 scheduler.step()
 
     def on_fit_start(self) -> None:
-        """Start every rank from rank 0's policy, each with its own augmentation draws."""
+        """Check the held-out loader exists (not only after the warm-up), then start every rank from rank
+        0's policy, each with its own augmentation draws."""
+        if self.learns_policy:
+            hyper_dataloader(self._trainer)
         self._steps_since_warmup = int(self.inner_step)
         broadcast_([*self.policy.parameters(), *self.policy.buffers()])
         if self.policy.generator is None:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from madao_pl.augment.ops import OP_NAMES, OPERATIONS
-from madao_pl.augment.stage import StageSample, apply_stage, check_images
+from madao_pl.augment.stage import StageSample, apply_stage, check_images, check_value_range
 
 __all__ = ["Policy", "StageDescription", "describe_stage"]
 
@@ -120,6 +120,7 @@ class Policy(nn.Module):
             generator: overrides ``self.generator`` for this call.
         """
         check_images(images)
+        check_value_range(images)
         generator = generator if generator is not None else self.generator
         for stage in self.sample(images.shape[0], device=images.device, generator=generator):
             images = apply_stage(images, *stage)

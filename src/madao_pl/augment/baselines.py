@@ -17,7 +17,14 @@ from torch import Tensor
 from madao_pl.augment.autoaugment_tables import AUTOAUGMENT_POLICIES
 from madao_pl.augment.base import Policy, describe_stage
 from madao_pl.augment.ops import OP_NAMES, OPERATIONS
-from madao_pl.augment.stage import StageSample, check_images, draw_randint, draw_uniform, signs_from_uniform
+from madao_pl.augment.stage import (
+    StageSample,
+    check_images,
+    check_value_range,
+    draw_randint,
+    draw_uniform,
+    signs_from_uniform,
+)
 
 __all__ = [
     "AutoAugmentPolicy",
@@ -145,6 +152,7 @@ class IdentityPolicy(Policy):
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Check ``images`` ``(B, C, H, W)`` and return the same tensor (no copy)."""
         check_images(images)
+        check_value_range(images)
         return images
 
     def describe(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "StageSample",
     "apply_stage",
     "check_images",
+    "check_value_range",
     "conditional_gumbels",
     "conditional_logistic",
     "draw_randint",
@@ -81,6 +82,25 @@ def check_images(images: Tensor) -> None:
         raise ValueError(
             f"policies take a float image batch of shape (B, C, H, W) with values in [0, 1], got {got}; "
             "convert uint8 images with images.float() / 255 and add a batch dimension with images[None]"
+        )
+
+
+def check_value_range(images: Tensor) -> None:
+    """Raise a ``ValueError`` naming the fix when a float batch is plainly not in ``[0, 1]``: values above 2
+    (pixels in ``[0, 255]``) or below -0.5 (already normalised). One reduction (a host sync on a GPU);
+    rounding just outside ``[0, 1]`` passes."""
+    if images.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if high > 2.0:
+        raise ValueError(
+            f"policies take images in [0, 1], got values up to {high:g}: pixels in [0, 255]? "
+            "divide them by 255 first"
+        )
+    if low < -0.5:
+        raise ValueError(
+            f"policies take images in [0, 1], got values down to {low:g}: already normalised? "
+            "augment first, then normalise (MADAOModule normalises after the policy)"
         )
 
 
