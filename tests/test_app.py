@@ -236,6 +236,42 @@ def test_out_of_range_settings_are_refused_before_training(
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["dataset=folder"], "dataset.root is required here and not set: the image folder"),
+        (["augment=replay"], "augment.path is required here and not set: a policy.json written by a MADAO"),
+        (
+            ["augment=replay", "augment.path=/nope/policy.json"],
+            "augment.path=/nope/policy.json: no such file",
+        ),
+        (["augment=_common"], "augment has no choice (a shared file?): pick one of autoaugment, baseline"),
+        (
+            ["+augment.inner_step=5"],
+            "augment.inner_step is not a setting (did you mean augment.inner_steps?)",
+        ),
+        (["+augment.hyper.neumann_step=3"], "augment.hyper.neumann_step is not an argument of madao_pl."),
+        (["trainer.devices=3"], "trainer.devices=3 on CPU would start 3 processes: for CPU DDP choose it"),
+    ],
+)
+def test_config_mistakes_get_one_line_naming_the_fix(tiny_cfg, overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        train(tiny_cfg(*overrides))
+    assert expected in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_cli_failed_run_says_one_line_and_keeps_it_in_run_log(tmp_path: Path) -> None:
+    """A shared file as a choice (only the app sees the choice names): one line on stderr, also in run.log."""
+    run = _run_cli("augment=_common", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "error: augment=_common is a shared file, not a choice: pick one of autoaugment, baseline, madao, "
+        "madao_initial, madao_paper, randaugment, replay, trivialaugment"
+    ]
+    assert lines[0] in (tmp_path / "run" / "run.log").read_text()
+
+
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "madao_pl.run", *args],

@@ -9,7 +9,9 @@ logger's files. Hydra builds objects only; the logic lives in the modules it nam
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import math
 import re
 import sys
@@ -28,13 +30,79 @@ from omegaconf import DictConfig, OmegaConf
 
 from madao_pl.data import DatasetNotFoundError
 
+log = logging.getLogger("madao_pl")
+CONF = Path(__file__).resolve().parent / "conf"
+GROUPS = ("dataset", "model", "augment", "trainer", "logger", "callbacks")
+REQUIRED_HINTS = {
+    "dataset.root": "the image folder, e.g. dataset.root=/data/my_images",
+    "augment.path": "a policy.json written by a MADAO run, e.g. augment.path=outputs/<run dir>/policy.json",
+}
+"""Keys a choice leaves to the user (``???``), and what to give."""
+
 
 class ConfigError(ValueError):
     """A configuration value outside its valid range; the message names the key."""
 
 
+def _known_keys(group: str) -> set[str]:
+    """Every top-level key that some file of config group ``group`` sets."""
+    keys: set[str] = set()
+    for path in (CONF / group).glob("*.yaml"):
+        keys |= set(OmegaConf.load(path).keys())
+    return keys - {"defaults"}
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???`` in an unresolved container (interpolations left alone)."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _missing_keys(value, f"{prefix}{key}.")]
+    return [prefix[:-1]] if node == "???" else []
+
+
+def _check_choices_and_keys(cfg: DictConfig) -> None:
+    """A shared file chosen as a group's choice, a required key left unset, an unknown augment key."""
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        for group in GROUPS:
+            choice = str(choices.get(group, ""))
+            if choice.startswith("_"):
+                names = sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+                raise ConfigError(
+                    f"{group}={choice} is a shared file, not a choice: pick one of {', '.join(names)}"
+                )
+    for key in _missing_keys(OmegaConf.to_container(cfg, resolve=False)):
+        group = key.split(".")[0]
+        if key == f"{group}.name" and group in GROUPS:
+            names = sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+            raise ConfigError(f"{group} has no choice (a shared file?): pick one of {', '.join(names)}")
+        hint = REQUIRED_HINTS.get(key, f"add {key}=<value> to the command line")
+        raise ConfigError(f"{key} is required here and not set: {hint}")
+    unknown = sorted(set(cfg.augment.keys()) - _known_keys("augment"))
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(_known_keys("augment")), n=1)
+        hint = f"did you mean augment.{close[0]}?" if close else "no augment choice reads it"
+        raise ConfigError(f"augment.{key} is not a setting ({hint}): fix or remove it")
+    path = cfg.augment.get("path")
+    if path is not None and not Path(str(path)).is_file():
+        raise ConfigError(f"augment.path={path}: no such file; give a policy.json written by a MADAO run")
+
+
+def _check_devices(cfg: DictConfig) -> None:
+    """More than one device on CPU only through an explicit strategy (trainer=ddp_cpu), never by accident."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy", "auto"))
+    if on_cpu and devices not in (1, "1", "auto") and strategy == "auto":
+        raise ConfigError(
+            f"trainer.devices={devices} on CPU would start {devices} processes: for CPU DDP choose it "
+            f"explicitly (trainer=ddp_cpu trainer.devices={devices}), else keep trainer.devices=1"
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse, before anything is built, the settings that no library object checks when it is built."""
+    _check_choices_and_keys(cfg)
+    _check_devices(cfg)
     checks = [
         ("dataset.epochs", cfg.dataset.epochs, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
         ("dataset.lr", cfg.dataset.lr, lambda v: _number(v) and v > 0, "a number > 0"),
@@ -60,6 +128,14 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         return instantiate(node, _convert_="object", **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+        if isinstance(cause, TypeError) and unexpected:
+            target = OmegaConf.select(cfg, f"{key}._target_")
+            raise ConfigError(
+                f"{key}.{unexpected.group(1)} is not an argument of {target}: fix or remove it"
+            ) from None
+        if isinstance(cause, FileNotFoundError):
+            raise ConfigError(f"{key}: no such file: {cause.filename}") from None
         if not isinstance(cause, ValueError) or isinstance(cause, DatasetNotFoundError):
             raise
         raise ConfigError(_name_key(cfg, key, cause)) from None
@@ -188,17 +264,42 @@ def _finish_wandb(loggers: list[Any]) -> None:
         wandb.finish()
 
 
+def _log_to_the_job_log() -> None:
+    """Send Lightning's messages and Python warnings through the root logger, which Hydra points at the
+    console and the job's ``run.log`` (Lightning installs its own console handler when imported first)."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.captureWarnings(True)
+
+
+def _file_only(level: int, message: str, exc_info: bool = False) -> None:
+    """Write ``message`` to the job's log files only (what the console already showed another way)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, sys.exc_info() if exc_info else None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra task: returns the test error (for sweepers that optimise it)."""
+    """Hydra task: returns the test error (for sweepers that optimise it). What the console shows also goes
+    to the job's ``run.log``, a failed run's error included; rank 0 alone reports the result."""
+    _log_to_the_job_log()
     try:
         results = train(cfg)
     except (ConfigError, DatasetNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        _file_only(logging.ERROR, f"error: {error}")
         sys.exit(2)
+    except BaseException:
+        _file_only(logging.ERROR, "the run failed", exc_info=True)
+        raise
     error = results.get("test_error")
-    print(f"test error: {100 * error:.2f}%" if error is not None else "no test error (test=false)")
-    print(f"outputs in {HydraConfig.get().runtime.output_dir}")
+    if pl.utilities.rank_zero_only.rank == 0:
+        log.info(f"test error: {100 * error:.2f}%" if error is not None else "no test error (test=false)")
+        log.info("outputs in %s", HydraConfig.get().runtime.output_dir)
     return error
 
 
