@@ -76,9 +76,14 @@ class WarmupCallback(pl.Callback):
             return
         planned = self.planned_hyper_steps(trainer, pl_module.inner_steps)
         if planned is not None and planned < self.min_hyper_steps:
+            outcome = (
+                "so the policy will not learn (policy.json will hold its initial values)"
+                if planned == 0
+                else "so the policy will stay close to its initial values"
+            )
             rank_zero_warn(
                 f"this run will take {planned} hyper steps (fewer than {self.min_hyper_steps}; the paper's "
-                "CIFAR-10 runs take about 2,300), so the policy will stay close to its initial values. "
+                f"CIFAR-10 runs take about 2,300; counted per process, after warm-up), {outcome}. "
                 "More hyper steps: fewer inner steps per hyper step (augment.inner_steps), fewer warm-up "
                 "epochs (augment.warmup_epochs) or more epochs (dataset.epochs).",
                 category=UserWarning,
