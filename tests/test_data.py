@@ -255,8 +255,12 @@ def test_cifar_download_skips_present_data_and_reports_failures(
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
-    with pytest.raises(DatasetNotFoundError, match="could not download CIFAR-10.*network is unreachable"):
+    with pytest.raises(
+        DatasetNotFoundError, match="could not download CIFAR-10.*network is unreachable"
+    ) as raised:
         CIFAR10DataModule(root=str(tmp_path / "empty"), download=True).prepare_data()
+    assert "place torchvision's files for CIFAR-10 at" in str(raised.value)
+    assert "set `dataset.download=true`" not in str(raised.value).lower()  # it was set: no contradiction
     write_cifar10(tmp_path)
     dm = CIFAR10DataModule(root=str(tmp_path), download=True, batch_size=8)
     dm.prepare_data()  # present: torchvision's download() returns before touching the network
@@ -458,6 +462,20 @@ def test_folder_with_test_root_and_class_mismatch(tmp_path: Path) -> None:
     bad = FolderDataModule(root=str(tmp_path / "train"), test_root=str(tmp_path / "other"), image_size=24)
     with pytest.raises(ValueError, match="missing: \\['b'\\], extra: \\['c'\\]"):
         bad.setup("test")
+
+
+@pytest.mark.parametrize("test_name", ["test", "val"])
+def test_folder_root_with_split_folders_reads_them_as_splits(tmp_path: Path, test_name: str) -> None:
+    """root/train/<class> + root/test/<class>: two splits of the same classes, not classes named train/test;
+    train/ next to class folders is refused with the fix."""
+    write_folder(tmp_path / "train", ["a", "b", "c"], 10)
+    write_folder(tmp_path / test_name, ["a", "b", "c"], 2)
+    dm = FolderDataModule(root=str(tmp_path), batch_size=4, image_size=24)
+    assert dm.classes == ["a", "b", "c"]
+    check_datamodule(dm, 30, np.repeat([0, 1, 2], 2))
+    write_folder(tmp_path / "d", ["x"], 1)
+    with pytest.raises(ValueError, match=r"holds a train/ folder next to other folders \(\['d'\]\)"):
+        FolderDataModule(root=str(tmp_path), image_size=24).setup("fit")
 
 
 @pytest.mark.parametrize(("damage", "num_workers"), [("garbage", 0), ("truncated", 0), ("garbage", 1)])

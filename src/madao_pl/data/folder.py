@@ -129,8 +129,14 @@ class _ImageFolderDataModule(ImageDataModule):
         return resized_crop_transforms(self.image_size)
 
 
+SPLIT_NAMES = ("test", "val", "valid", "validation")
+"""Folder names read as the test split when they sit next to ``train/`` in a folder data set's root."""
+
+
 class FolderDataModule(_ImageFolderDataModule):
-    """Any image-classification data in ``ImageFolder`` layout: ``root/<class>/<image>``.
+    """Any image-classification data in ``ImageFolder`` layout: ``root/<class>/<image>``, or split folders
+    ``root/train/<class>/<image>`` with ``root/test/...`` (or ``val/``): those are read as the splits, never
+    as two classes named "train" and "test".
 
     Args:
         root: the training folder.
@@ -153,16 +159,36 @@ class FolderDataModule(_ImageFolderDataModule):
     def __init__(self, root: str | None = None, test_root: str | None = None, **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
         self.test_root = None if test_root is None else os.path.expanduser(str(test_root))
+        self._layout: tuple[str, str | None] | None = None
+
+    def _split_layout(self) -> tuple[str, str | None]:
+        """(training folder, test folder or None): ``root`` and ``test_root``, unless ``root`` holds split
+        folders, ``train/`` and optionally one of :data:`SPLIT_NAMES`: then those (never read as classes)."""
+        if self._layout is None:
+            entries = set(os.listdir(self.root)) if os.path.isdir(self.root) else set()
+            folders = {e for e in entries if os.path.isdir(os.path.join(self.root, e))}
+            self._layout = (self.root, self.test_root)
+            if "train" in folders:
+                splits = [name for name in SPLIT_NAMES if name in folders]
+                others = sorted(folders - {"train", *splits})
+                if others:
+                    raise ValueError(
+                        f"'{self.root}' holds a train/ folder next to other folders ({others[:5]}): point "
+                        "dataset.root at the folder of class folders, or keep only train/ and test/ (or val/)"
+                    )
+                test = os.path.join(self.root, splits[0]) if splits else None
+                self._layout = (os.path.join(self.root, "train"), self.test_root or test)
+        return self._layout
 
     @property
     def train_dir(self) -> str:
-        """``root``."""
-        return self.root
+        """``root``, or ``root/train`` when ``root`` holds split folders."""
+        return self._split_layout()[0]
 
     @property
     def test_dir(self) -> str | None:
-        """``test_root``."""
-        return self.test_root
+        """``test_root``, else ``root/test`` (or another of ``SPLIT_NAMES``) next to ``root/train``."""
+        return self._split_layout()[1]
 
 
 class ImageNetDataModule(_ImageFolderDataModule):

@@ -59,10 +59,16 @@ class TorchvisionDataModule(ImageDataModule):
         except DatasetNotFoundError:
             raise
         except OSError as err:  # a file missing inside the folder, or a failed download
+            where = self.path_of(split)
+            fix = (
+                f"Without network access, place torchvision's files for {self.dataset_name} at '{where}' "
+                "(copied from a machine that downloaded them) and run with dataset.download=false."
+                if download
+                else self.download_hint
+            )
             action = "download" if download else "read"
             raise DatasetNotFoundError(
-                f"could not {action} {self.dataset_name} ({split} split) at '{self.path_of(split)}': {err}. "
-                f"{self.download_hint}"
+                f"could not {action} {self.dataset_name} ({split} split) at '{where}': {err}. {fix}"
             ) from err
 
     def train_source(self, download: bool) -> tuple[Dataset, np.ndarray]:
