@@ -260,6 +260,26 @@ def test_config_mistakes_get_one_line_naming_the_fix(tiny_cfg, overrides: list[s
     assert expected in str(raised.value) and "\n" not in str(raised.value)
 
 
+def test_start_up_line_says_the_image_size_and_the_workers(
+    tiny_cfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up summary names the data, the image size, the loader workers, model and augmentation;
+    a folder data set's workers default to this machine's cores (less one, at most 4)."""
+    from madao_pl.data.base import default_workers
+
+    cfg = tiny_cfg("augment=randaugment", "trainer.max_epochs=1", "test=false")
+    with caplog.at_level("INFO", logger="madao_pl"):
+        train(cfg)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("dataset=digits"))
+    assert (
+        "10 classes, images resized to 32 px, batch 16, 0 loader workers; model=cnn; augment=randaugment"
+        in line
+    )
+    folder = tiny_cfg("dataset=folder", "dataset.root=/data/images")
+    assert folder.dataset.datamodule.num_workers is None
+    assert 0 <= default_workers() <= 4
+
+
 def test_cli_failed_run_says_one_line_and_keeps_it_in_run_log(tmp_path: Path) -> None:
     """A shared file as a choice (only the app sees the choice names): one line on stderr, also in run.log."""
     run = _run_cli("augment=_common", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

@@ -206,6 +206,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mean=datamodule.mean,
         std=datamodule.std,
     )
+    log.info(summary_line(cfg, datamodule, num_classes, module))
     callbacks = [
         build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c
     ]
@@ -254,6 +255,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             policy.save_json(out / "policy.json")
     _finish_wandb(loggers)
     return results
+
+
+def summary_line(cfg: DictConfig, datamodule: Any, num_classes: int, module: Any) -> str:
+    """The start-up line: data (classes, image size, batch, loader workers), model, augmentation, length."""
+    a = cfg.augment
+    learns = f" (s = {a.inner_steps}, warm-up {a.warmup_epochs} epochs)" if module.learns_policy else ""
+    return (
+        f"dataset={cfg.dataset.name}: {num_classes} classes, images resized to {datamodule.image_size} px, "
+        f"batch {datamodule.batch_size}, {datamodule.num_workers} loader workers; model={cfg.model.name}; "
+        f"augment={a.name}{learns}; {cfg.trainer.max_epochs} epochs; outputs in {cfg.paths.output_dir}"
+    )
 
 
 def _finish_wandb(loggers: list[Any]) -> None:

@@ -32,6 +32,16 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 DOWNLOAD_HINT = "Set `dataset.download=true` to download it there, or point `dataset.root` at a copy."
 
 
+def default_workers(most: int = 4) -> int:
+    """Loader workers for this machine: the CPU cores this process may use, less one for the training
+    loop, at most ``most``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(most, cores - 1))
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A data set is missing (or incomplete / fails its checksum) at the path the datamodule looked at.
 
@@ -206,7 +216,7 @@ class ImageDataModule(pl.LightningDataModule):
         eval_batch_size: batch size of ``val_dataloader``/``test_dataloader`` (``None``: ``batch_size``).
         hyper_batch_size: batch size of ``hyper_dataloader``, the held-out batch of each hyper step
             (``None``: ``batch_size``, as the paper); a larger one lowers the hypergradient's noise.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (None: :func:`default_workers`).
         val_fraction: fraction of the training source held out for hyper-validation, in (0, 1).
         seed: seed of the hyper-validation split (and of the ``limit_train`` subsample).
         download: download the data if missing (on rank 0, in ``prepare_data``).
@@ -240,7 +250,7 @@ class ImageDataModule(pl.LightningDataModule):
         root: str | None = None,
         batch_size: int | None = None,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         val_fraction: float | None = None,
         seed: int = 0,
         download: bool = False,
@@ -263,6 +273,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"val_fraction must be in (0, 1) (MADAO needs a held-out split), got {val_fraction}"
             )
+        if num_workers is None:
+            num_workers = default_workers()
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self._check_image_size(int(image_size))
