@@ -90,6 +90,12 @@ class WarmupCallback(pl.Callback):
             )
 
 
+def logger_step(trainer: pl.Trainer) -> int:
+    """The step the loggers plot against: training batches taken (``trainer.global_step`` also counts the
+    policy optimiser's steps)."""
+    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
 def policy_snapshot(policy: Policy) -> list[StageDescription]:
     """The policy's stages as :meth:`Policy.describe` reports them: per stage ``{op name: {"selection",
     "apply", "magnitude" (None without one)}}``."""
@@ -135,7 +141,7 @@ class PolicyHistoryCallback(pl.Callback):
                     {
                         "hyper_step": hyper_steps,
                         "epoch": trainer.current_epoch,
-                        "global_step": trainer.global_step,
+                        "global_step": logger_step(trainer),
                         "stage": k,
                         "op": name,
                         **values,
@@ -145,8 +151,16 @@ class PolicyHistoryCallback(pl.Callback):
         return snapshot
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if pl_module.learns_policy and self._seen_hyper_steps < 0:
-            self._record(trainer, pl_module)
+        if not pl_module.learns_policy:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                define = getattr(logger.experiment, "define_metric", None)
+                if define is not None:  # a disabled run has no define_metric
+                    define("hyper_step")
+                    define("policy/*", step_metric="hyper_step")
+        if self._seen_hyper_steps < 0:
+            self._log(trainer, self._record(trainer, pl_module))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -155,13 +169,21 @@ class PolicyHistoryCallback(pl.Callback):
             return
         snapshot = self._record(trainer, pl_module)
         if self._seen_hyper_steps % self.log_every == 0:
-            metrics = {}
-            for k, ops in enumerate(snapshot):
-                for name, values in ops.items():
-                    for key, value in values.items():
-                        if value is not None:
-                            metrics[f"policy/stage{k}/{name}/{key}"] = value
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+            self._log(trainer, snapshot)
+
+    def _log(self, trainer: pl.Trainer, snapshot: list[StageDescription]) -> None:
+        """One row per hyper step to every logger, straight through ``log_metrics`` (not Lightning's
+        ``log_every_n_steps`` throttle): ``hyper_step`` and ``policy/stage<k>/<op>/<value>``."""
+        if not trainer.is_global_zero:
+            return
+        metrics: dict[str, float] = {"hyper_step": float(self._seen_hyper_steps)}
+        for k, ops in enumerate(snapshot):
+            for name, values in ops.items():
+                for key, value in values.items():
+                    if value is not None:
+                        metrics[f"policy/stage{k}/{name}/{key}"] = value
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=logger_step(trainer))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if not pl_module.learns_policy:
