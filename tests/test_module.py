@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import madao_pl.module as module_lib
-from madao_pl.augment import OP_NAMES, IdentityPolicy, MADAOPolicy
+from madao_pl.augment import OP_NAMES, IdentityPolicy, MADAOPolicy, ReplayPolicy
 from madao_pl.callbacks import PolicyHistoryCallback, WarmupCallback
 from madao_pl.hyperstep import HyperStepConfig
 from madao_pl.module import MADAOModule
@@ -279,6 +279,8 @@ def test_history_callback_records_each_hyper_step(tmp_path) -> None:
     assert len(history.rows) == 5 * 2 * len(OP_NAMES)
     assert (tmp_path / "policy_evolution.png").stat().st_size > 0
     assert (tmp_path / "policy_parameters.png").stat().st_size > 0
+    replayed = ReplayPolicy.from_json(tmp_path / "policy.json")  # written in library use too
+    assert torch.equal(replayed.logits, module.policy.logits.detach())
 
 
 def test_history_plots_every_n_epochs_and_at_the_end(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

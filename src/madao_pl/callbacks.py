@@ -193,8 +193,12 @@ class PolicyHistoryCallback(pl.Callback):
             self.write(trainer, plots=(trainer.current_epoch + 1) % self.plot_every_n_epochs == 0)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """The CSV and plots, and the learned policy as ``policy.json`` (for ``augment=replay`` or
+        :meth:`ReplayPolicy.from_json`), in library use as in the app."""
         if pl_module.learns_policy and trainer.is_global_zero:
             self.write(trainer, final=True)
+            if hasattr(pl_module.policy, "save_json"):
+                pl_module.policy.save_json(self._dir(trainer) / "policy.json")
 
     def write(self, trainer: pl.Trainer, final: bool = False, plots: bool = True) -> None:
         """Write the CSV and (unless ``plots`` is false) both plots; at the end of fit (``final``) with W&B
