@@ -19,6 +19,7 @@ from madao_pl.augment import OP_NAMES, IdentityPolicy, MADAOPolicy, ReplayPolicy
 from madao_pl.callbacks import PolicyHistoryCallback, WarmupCallback
 from madao_pl.hyperstep import HyperStepConfig
 from madao_pl.module import MADAOModule
+from madao_pl.plots import plot_policy_parameters
 
 
 class BrightnessData(pl.LightningDataModule):
@@ -286,22 +287,57 @@ def test_history_callback_records_each_hyper_step(tmp_path) -> None:
 def test_history_plots_every_n_epochs_and_at_the_end(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     import madao_pl.callbacks as callbacks_lib
 
-    drawn: list[int] = []
+    drawn: list[float] = []
+    counts: list[int] = []
     real = callbacks_lib.plot_policy_evolution
 
-    def counting(snapshots, path):
-        drawn.append(snapshots[-1][0])
-        real(snapshots, path)
+    def counting(points, path, warmup_epochs=0.0):
+        drawn.append(points[-1][0])
+        counts.append(len(points))
+        real(points, path, warmup_epochs)
 
     monkeypatch.setattr(callbacks_lib, "plot_policy_evolution", counting)
     data = BrightnessData(n=64, batch_size=16)
     module = make_module(MADAOPolicy(), inner_steps=1)
     history = PolicyHistoryCallback(output_dir=str(tmp_path), plot_every_n_epochs=2)
     make_trainer(tmp_path, epochs=3, callbacks=[history]).fit(module, datamodule=data)
-    assert drawn == [2, 3]  # epoch 2, then the end of fit
+    assert drawn == [2.0, 3.0]  # epoch 2, then the end of fit
+    assert counts == [1 + 4 + 1, 1 + 6 + 1]  # every hyper step (2 an epoch), the start, the epoch's end
     assert len({row["hyper_step"] for row in history.rows}) == 7  # the CSV still records every step
     with pytest.raises(ValueError, match="plot_every_n_epochs"):
         PolicyHistoryCallback(plot_every_n_epochs=0)
+
+
+def test_plots_shade_the_warm_up_and_fit_the_parameter_axis_to_the_data(tmp_path, monkeypatch) -> None:
+    """Warm-up shaded and labelled; selection steps held between hyper steps; the parameters' y-axis spans
+    the drawn values (0.58 -> 0.67 is not drawn on 0-1)."""
+    import madao_pl.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    stages = [MADAOPolicy(num_stages=1, init_probability=0.35).describe()["stages"][0]]
+    later = [{op: {**v, "apply": 0.67} for op, v in stages[0].items()}]
+    points = [(0.0, stages), (2.5, later), (4.0, later)]
+    plots.plot_policy_evolution(points, tmp_path / "e.png", warmup_epochs=2.0)
+    plots.plot_policy_parameters(points, tmp_path / "p.png", top_k=2, warmup_epochs=2.0)
+    evolution, parameters = (fig.axes[0] for fig in figures)
+    assert "warm-up" in [t.get_text() for t in evolution.texts] and evolution.patches
+    low, high = parameters.get_ylim()
+    assert 0.45 < low < 0.58 and 0.67 < high < 0.8
+    assert parameters.get_title() == "stage 0: top 2 by final selection probability"
+    assert {line.get_label() for line in parameters.lines} >= {"ShearX apply", "ShearX magnitude"}
+
+
+def test_history_from_an_older_checkpoint_plots_with_todays_names(tmp_path) -> None:
+    """Checkpoints of older versions kept per-epoch snapshots whose apply probability was `probability`."""
+    stages = MADAOPolicy(num_stages=2).describe()["stages"]
+    renamed = {"apply": "probability"}
+    old = [{op: {renamed.get(k, k): v for k, v in vals.items()} for op, vals in s.items()} for s in stages]
+    history = PolicyHistoryCallback(output_dir=str(tmp_path))
+    history.load_state_dict({"rows": [{"hyper_step": 0, "probability": 0.6}], "epoch_snapshots": [(1, old)]})
+    assert history.points == [(1.0, stages)] and history.rows == [{"hyper_step": 0, "apply": 0.6}]
+    plot_policy_parameters([*history.points, (2.0, stages)], tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
 
 
 def test_module_without_hyper_loader_says_what_is_missing_before_training(tmp_path) -> None:

@@ -96,6 +96,17 @@ def logger_step(trainer: pl.Trainer) -> int:
     return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
 
 
+def _current_names(stages: list[StageDescription]) -> list[StageDescription]:
+    """Stages as saved by an older version, with today's names (``probability`` is now ``apply``)."""
+    return [
+        {
+            op: {("apply" if k == "probability" else k): v for k, v in values.items()}
+            for op, values in ops.items()
+        }
+        for ops in stages
+    ]
+
+
 def policy_snapshot(policy: Policy) -> list[StageDescription]:
     """The policy's stages as :meth:`Policy.describe` reports them: per stage ``{op name: {"selection",
     "apply", "magnitude" (None without one)}}``."""
@@ -111,7 +122,8 @@ class PolicyHistoryCallback(pl.Callback):
         top_k: how many of the most selected ops per stage `policy_parameters.png` shows.
         log_every: log the per-op values to the loggers every this many hyper steps.
         plot_every_n_epochs: redraw the two plots every this many epochs (each drawing takes a second or
-            two); the CSV is written every epoch and both plots always at the end of fit.
+            two); the CSV is written every epoch and both plots always at the end of fit. The plots draw
+            every hyper step against the training progress, the warm-up (``WarmupCallback``) shaded.
     """
 
     def __init__(
@@ -124,17 +136,19 @@ class PolicyHistoryCallback(pl.Callback):
         self.log_every = max(1, int(log_every))
         self.plot_every_n_epochs = int(plot_every_n_epochs)
         self.rows: list[dict[str, Any]] = []
-        self.epoch_snapshots: list[tuple[int, list[StageDescription]]] = []
+        self.points: list[tuple[float, list[StageDescription]]] = []  # (epochs of training, stages)
         self._seen_hyper_steps = -1
+        self._warmup_epochs = 0.0
 
     def _dir(self, trainer: pl.Trainer) -> Path:
         path = Path(self.output_dir or trainer.default_root_dir)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _record(self, trainer: pl.Trainer, pl_module: Any) -> list[StageDescription]:
+    def _record(self, trainer: pl.Trainer, pl_module: Any, epochs: float) -> list[StageDescription]:
         hyper_steps = int(pl_module.hyper_steps)  # a plain int, also where the module keeps a tensor counter
         snapshot = policy_snapshot(pl_module.policy)
+        self.points.append((epochs, snapshot))
         for k, ops in enumerate(snapshot):
             for name, values in ops.items():
                 self.rows.append(
@@ -159,15 +173,19 @@ class PolicyHistoryCallback(pl.Callback):
                 if define is not None:  # a disabled run has no define_metric
                     define("hyper_step")
                     define("policy/*", step_metric="hyper_step")
+        warmups = [c.warmup_epochs for c in trainer.callbacks if isinstance(c, WarmupCallback)]
+        self._warmup_epochs = float(warmups[0]) if warmups else 0.0
         if self._seen_hyper_steps < 0:
-            self._log(trainer, self._record(trainer, pl_module))
+            self._log(trainer, self._record(trainer, pl_module, float(trainer.current_epoch)))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if not pl_module.learns_policy or int(pl_module.hyper_steps) == self._seen_hyper_steps:
             return
-        snapshot = self._record(trainer, pl_module)
+        per_epoch = trainer.num_training_batches
+        done = (batch_idx + 1) / per_epoch if isinstance(per_epoch, int) and per_epoch > 0 else 1.0
+        snapshot = self._record(trainer, pl_module, trainer.current_epoch + done)
         if self._seen_hyper_steps % self.log_every == 0:
             self._log(trainer, snapshot)
 
@@ -188,7 +206,6 @@ class PolicyHistoryCallback(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if not pl_module.learns_policy:
             return
-        self.epoch_snapshots.append((trainer.current_epoch + 1, policy_snapshot(pl_module.policy)))
         if trainer.is_global_zero:
             self.write(trainer, plots=(trainer.current_epoch + 1) % self.plot_every_n_epochs == 0)
 
@@ -208,21 +225,30 @@ class PolicyHistoryCallback(pl.Callback):
             writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
-        if not self.epoch_snapshots or not (plots or final):
+        if not self.points or not (plots or final):
             return
         evolution = out / "policy_evolution.png"
         parameters = out / "policy_parameters.png"
-        plot_policy_evolution(self.epoch_snapshots, evolution)
-        plot_policy_parameters(self.epoch_snapshots, parameters, top_k=self.top_k)
+        # the epochs done: at fit end Lightning has already counted the last one
+        now = max(float(trainer.current_epoch + (0 if final else 1)), self.points[-1][0])
+        points = [*self.points, (now, self.points[-1][1])]  # the last values hold to the end of the epoch
+        plot_policy_evolution(points, evolution, warmup_epochs=self._warmup_epochs)
+        plot_policy_parameters(points, parameters, top_k=self.top_k, warmup_epochs=self._warmup_epochs)
         if final:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image("policy/plots", [str(evolution), str(parameters)])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "epoch_snapshots": self.epoch_snapshots, "seen": self._seen_hyper_steps}
+        return {"rows": self.rows, "points": self.points, "seen": self._seen_hyper_steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
-        self.epoch_snapshots = [tuple(item) for item in state_dict.get("epoch_snapshots", [])]
+        points = state_dict.get(
+            "points", state_dict.get("epoch_snapshots", [])
+        )  # older checkpoints: per epoch
+        self.points = [(float(x), _current_names(stages)) for x, stages in points]
+        for row in self.rows:
+            if "probability" in row:
+                row["apply"] = row.pop("probability")
         self._seen_hyper_steps = int(state_dict.get("seen", -1))

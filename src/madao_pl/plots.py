@@ -1,9 +1,11 @@
 """The policy figures: how the learned policy evolves over training (paper Figures 2, 4 and 5).
 
-Both functions take the per-epoch snapshots :class:`madao_pl.callbacks.PolicyHistoryCallback` keeps:
-a list of ``(epoch, stages)`` where ``stages`` is :meth:`madao_pl.augment.Policy.describe`'s
-``"stages"``, one :data:`~madao_pl.augment.StageDescription` per stage. They write a PNG and return
-nothing; matplotlib runs on its non-interactive Agg backend, so they work without a display.
+Both functions take the points :class:`madao_pl.callbacks.PolicyHistoryCallback` keeps: a list of
+``(epochs, stages)``, one per hyper step (and the start, and the end of the last epoch), where ``epochs`` is
+the training progress in epochs (a float) and ``stages`` is :meth:`madao_pl.augment.Policy.describe`'s
+``"stages"``. A policy holds its values until the next hyper step, so they are drawn as steps; the warm-up
+epochs (no augmentation, no hyper step) are shaded. Stages are numbered from 0, as in the CSV and on the
+loggers. They write a PNG and return nothing; matplotlib runs on its non-interactive Agg backend.
 """
 
 from __future__ import annotations
@@ -19,63 +21,79 @@ from madao_pl.augment import OP_NAMES, StageDescription  # noqa: E402
 
 __all__ = ["plot_policy_evolution", "plot_policy_parameters"]
 
+Points = list[tuple[float, list[StageDescription]]]
 
-def plot_policy_evolution(snapshots: list[tuple[int, list[StageDescription]]], path: Path) -> None:
-    """Per stage, the 14 selection probabilities stacked over epochs (paper Figures 2 and 4).
+
+def _axes(num_stages: int) -> tuple[plt.Figure, list[plt.Axes]]:
+    fig, axes = plt.subplots(1, num_stages, figsize=(6 * num_stages, 4), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _frame(ax: plt.Axes, xs: list[float], warmup_epochs: float) -> None:
+    """x range, label and the shaded, labelled warm-up."""
+    ax.set_xlim(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1)
+    ax.set_xlabel("epoch")
+    if warmup_epochs > 0:
+        ax.axvspan(0, warmup_epochs, color="0.9", zorder=0)
+        ax.text(warmup_epochs / 2, 0.98, "warm-up", transform=ax.get_xaxis_transform(), ha="center", va="top")
+
+
+def plot_policy_evolution(points: Points, path: Path, warmup_epochs: float = 0.0) -> None:
+    """Per stage, the 14 selection probabilities stacked against training progress (Figures 2 and 4).
 
     Args:
-        snapshots: ``(epoch, stages)`` in epoch order, at least one.
+        points: ``(epochs, stages)`` in order, at least one.
         path: the PNG to write (one panel per stage).
+        warmup_epochs: shaded at the left.
     """
-    epochs = [epoch for epoch, _ in snapshots]
-    num_stages = len(snapshots[0][1])
-    fig, axes = plt.subplots(1, num_stages, figsize=(6 * num_stages, 4), squeeze=False)
+    xs = [x for x, _ in points]
     colors = plt.get_cmap("tab20").colors
-    for k in range(num_stages):
-        stacks = [[snap[k][name]["selection"] for _, snap in snapshots] for name in OP_NAMES]
-        ax = axes[0, k]
-        ax.stackplot(epochs, stacks, labels=OP_NAMES, colors=colors[: len(OP_NAMES)])
-        ax.set_title(f"stage {k + 1}: selection probability")
-        ax.set_xlabel("epoch")
+    fig, axes = _axes(len(points[0][1]))
+    for k, ax in enumerate(axes):
+        lower = [0.0] * len(points)
+        for j, name in enumerate(OP_NAMES):
+            upper = [
+                low + stages[k][name]["selection"] for low, (_, stages) in zip(lower, points, strict=True)
+            ]
+            ax.fill_between(xs, lower, upper, step="post", color=colors[j], label=name, linewidth=0)
+            lower = upper
+        ax.set_title(f"stage {k}: selection probability")
         ax.set_ylim(0, 1)
-        ax.set_xlim(min(epochs), max(epochs) if len(epochs) > 1 else min(epochs) + 1)
-    axes[0, -1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+        _frame(ax, xs, warmup_epochs)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def plot_policy_parameters(
-    snapshots: list[tuple[int, list[StageDescription]]], path: Path, top_k: int = 3
-) -> None:
-    """Apply probability p and magnitude mu of the most selected ops per stage (paper Figure 5).
+def plot_policy_parameters(points: Points, path: Path, top_k: int = 3, warmup_epochs: float = 0.0) -> None:
+    """Apply probability (solid) and magnitude (dashed) of the ops with the highest selection probability at
+    the last point, per stage (Figure 5); the y-axis spans the values drawn.
 
     Args:
-        snapshots: ``(epoch, stages)`` in epoch order, at least one.
+        points: ``(epochs, stages)`` in order, at least one.
         path: the PNG to write (one panel per stage).
-        top_k: per stage, how many ops to show: the most selected in the last snapshot.
+        top_k: per stage, how many ops to show: the most selected at the last point.
+        warmup_epochs: shaded at the left.
     """
-    epochs = [epoch for epoch, _ in snapshots]
-    final = snapshots[-1][1]
-    num_stages = len(final)
-    fig, axes = plt.subplots(1, num_stages, figsize=(6 * num_stages, 4), squeeze=False)
-    for k in range(num_stages):
+    xs, final = [x for x, _ in points], points[-1][1]
+    fig, axes = _axes(len(final))
+    for k, ax in enumerate(axes):
         ranked = sorted(OP_NAMES, key=lambda name: final[k][name]["selection"], reverse=True)[:top_k]
-        ax = axes[0, k]
+        drawn: list[float] = []
         for j, name in enumerate(ranked):
             color = plt.get_cmap("tab10")(j)
-            ax.plot(
-                epochs,
-                [snap[k][name]["apply"] for _, snap in snapshots],
-                color=color,
-                label=f"{name} p",
-            )
-            if final[k][name]["magnitude"] is not None:
-                mags = [snap[k][name]["magnitude"] for _, snap in snapshots]
-                ax.plot(epochs, mags, color=color, linestyle="--", label=f"{name} mu")
-        ax.set_title(f"stage {k + 1}: top-{top_k} ops, p (solid) and mu (dashed)")
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
+            for key, style in (("apply", "-"), ("magnitude", "--")):
+                if final[k][name][key] is None:
+                    continue
+                values = [stages[k][name][key] for _, stages in points]
+                ax.step(xs, values, where="post", color=color, linestyle=style, label=f"{name} {key}")
+                drawn += values
+        low, high = min(drawn), max(drawn)
+        margin = max(0.02, 0.1 * (high - low))
+        ax.set_ylim(max(0.0, low - margin), min(1.0, high + margin))
+        ax.set_title(f"stage {k}: top {top_k} by final selection probability")
+        _frame(ax, xs, warmup_epochs)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
