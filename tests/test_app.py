@@ -209,6 +209,41 @@ def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.Monke
     assert "hyper/grad_norm" in logged and "policy/entropy" in logged
 
 
+def test_wandb_gets_line_series_charts_and_the_plots(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each plotted epoch and the end of fit: the policy plots as images and, per stage, one line-series
+    chart each for selection, apply and magnitude over every hyper step."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    images, charts = [], []
+    monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, paths, **kw: images.append(key))
+    original = WandbLogger.experiment.fget
+
+    class Recording:
+        def __init__(self, run):
+            self.run = run
+
+        def log(self, data, *args, **kwargs):
+            charts.append(data)
+
+        def __getattr__(self, name):
+            return getattr(self.run, name)
+
+    monkeypatch.setattr(WandbLogger, "experiment", property(lambda self: Recording(original(self))))
+    results = train(tiny_cfg("logger=wandb", "trainer.max_epochs=2"))
+    assert images == ["policy/plots"] * 3  # after epochs 1 and 2, and at the end of fit
+    drawn = [c for c in charts if any(key.startswith("policy/charts/") for key in c)]
+    assert len(drawn) == 3
+    last = drawn[-1]
+    assert set(last) == {
+        f"policy/charts/stage{k}_{v}" for k in (0, 1) for v in ("selection", "apply", "magnitude")
+    }
+    table = last["policy/charts/stage0_selection"].table
+    assert (
+        len({row[0] for row in table.data}) == results["hyper_steps"] + 1
+    )  # x: every hyper step and the start
+
+
 def test_every_hyper_step_reaches_the_csv_log_once_whatever_log_every_n_steps(
     tiny_cfg, tmp_path: Path
 ) -> None:

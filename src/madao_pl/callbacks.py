@@ -218,8 +218,8 @@ class PolicyHistoryCallback(pl.Callback):
                 pl_module.policy.save_json(self._dir(trainer) / "policy.json")
 
     def write(self, trainer: pl.Trainer, final: bool = False, plots: bool = True) -> None:
-        """Write the CSV and (unless ``plots`` is false) both plots; at the end of fit (``final``) with W&B
-        also log the plots as images."""
+        """Write the CSV and (unless ``plots`` is false; always when ``final``) both plots, which W&B also
+        gets, as images and as line-series charts (:meth:`charts`)."""
         out = self._dir(trainer)
         with open(out / "policy_history.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
@@ -234,10 +234,38 @@ class PolicyHistoryCallback(pl.Callback):
         points = [*self.points, (now, self.points[-1][1])]  # the last values hold to the end of the epoch
         plot_policy_evolution(points, evolution, warmup_epochs=self._warmup_epochs)
         plot_policy_parameters(points, parameters, top_k=self.top_k, warmup_epochs=self._warmup_epochs)
-        if final:
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_image("policy/plots", [str(evolution), str(parameters)])
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("policy/plots", [str(evolution), str(parameters)])
+                logger.experiment.log(self.charts())
+
+    def charts(self) -> dict[str, Any]:
+        """W&B line-series charts, one per stage and value (selection, apply, magnitude): every op's value
+        against the hyper step, from every recorded hyper step."""
+        import wandb
+
+        steps = sorted({int(row["hyper_step"]) for row in self.rows})
+        table: dict[tuple[int, str, str], dict[int, float]] = {}
+        for row in self.rows:
+            for key in ("selection", "apply", "magnitude"):
+                if row.get(key) is not None:
+                    table.setdefault((int(row["stage"]), key, row["op"]), {})[int(row["hyper_step"])] = row[
+                        key
+                    ]
+        charts = {}
+        for stage in sorted({k[0] for k in table}):
+            for key in ("selection", "apply", "magnitude"):
+                ops = [op for (k, name, op) in table if k == stage and name == key]
+                if ops:
+                    series = [[table[(stage, key, op)].get(t) for t in steps] for op in ops]
+                    charts[f"policy/charts/stage{stage}_{key}"] = wandb.plot.line_series(
+                        xs=steps,
+                        ys=series,
+                        keys=ops,
+                        title=f"stage {stage}: {key} per op",
+                        xname="hyper_step",
+                    )
+        return charts
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "points": self.points, "seen": self._seen_hyper_steps}
