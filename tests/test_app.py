@@ -342,6 +342,25 @@ def test_cli_failed_run_says_one_line_and_keeps_it_in_run_log(tmp_path: Path) ->
     assert lines[0] in (tmp_path / "run" / "run.log").read_text()
 
 
+def test_cli_corrupt_image_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """A corrupt image read mid-epoch (in a loader worker): one line naming the file, no traceback."""
+    from tests.test_data import write_folder
+
+    write_folder(tmp_path / "images" / "train", ["a", "b"], 12)
+    write_folder(tmp_path / "images" / "test", ["a", "b"], 2)
+    bad = tmp_path / "images" / "train" / "b" / "b_5.JPEG"
+    bad.write_bytes(b"not an image")
+    run = _run_cli(
+        "dataset=folder", f"dataset.root={tmp_path / 'images'}", "dataset.image_size=16", "model.net.width=8",
+        "dataset.datamodule.batch_size=4", "dataset.datamodule.num_workers=1", "augment=baseline",
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert lines[-1].startswith(f"error: cannot read image file '{bad}'") and "Traceback" not in run.stderr
+
+
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "madao_pl.run", *args],

@@ -497,6 +497,18 @@ def test_corrupt_image_names_the_file(tmp_path: Path, damage: str, num_workers: 
         all_batches(dm.test_dataloader())
 
 
+def test_verify_names_every_unreadable_file_before_training(tmp_path: Path) -> None:
+    write_folder(tmp_path / "train", ["a", "b"], 5)
+    write_folder(tmp_path / "test", ["a", "b"], 2)
+    broken = [tmp_path / "train" / "a" / "a_3.JPEG", tmp_path / "test" / "b" / "b_0.JPEG"]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    FolderDataModule(root=str(tmp_path), image_size=16).prepare_data()  # without verify: nothing read yet
+    with pytest.raises(CorruptImageError, match="2 image file") as raised:
+        FolderDataModule(root=str(tmp_path), image_size=16, verify=True).prepare_data()
+    assert all(str(path) in str(raised.value) for path in broken)
+
+
 # ---------------------------------------------------------------------------------------------- missing data
 @pytest.mark.parametrize(
     ("cls", "looked_at", "fix"),

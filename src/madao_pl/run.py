@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from madao_pl.data import DatasetNotFoundError
+from madao_pl.data import CorruptImageError, DatasetNotFoundError
 
 log = logging.getLogger("madao_pl")
 CONF = Path(__file__).resolve().parent / "conf"
@@ -286,6 +286,15 @@ def _log_to_the_job_log() -> None:
     logging.captureWarnings(True)
 
 
+def _last_line(error: BaseException) -> str:
+    """The error's own message: re-raised from a DataLoader worker it carries the worker's traceback, whose
+    last line is the original ``<Type>: <message>``."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and ": " in lines[-1]:
+        return lines[-1].split(": ", 1)[1]
+    return " ".join(lines)
+
+
 def _file_only(level: int, message: str, exc_info: bool = False) -> None:
     """Write ``message`` to the job's log files only (what the console already showed another way)."""
     record = log.makeRecord(log.name, level, __file__, 0, message, None, sys.exc_info() if exc_info else None)
@@ -301,9 +310,10 @@ def main(cfg: DictConfig) -> float | None:
     _log_to_the_job_log()
     try:
         results = train(cfg)
-    except (ConfigError, DatasetNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        _file_only(logging.ERROR, f"error: {error}")
+    except (ConfigError, DatasetNotFoundError, CorruptImageError) as error:
+        message = _last_line(error)
+        print(f"error: {message}", file=sys.stderr)
+        _file_only(logging.ERROR, f"error: {message}")
         sys.exit(2)
     except BaseException:
         _file_only(logging.ERROR, "the run failed", exc_info=True)

@@ -18,6 +18,7 @@ from torchvision.datasets.folder import find_classes
 from .base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    CorruptImageError,
     DatasetNotFoundError,
     ImageDataModule,
     load_rgb_image,
@@ -39,8 +40,11 @@ class _ImageFolderDataModule(ImageDataModule):
     default_batch_size = 64
     default_image_size = 224
 
-    def __init__(self, *, test_fraction: float = 0.2, test_split_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, *, test_fraction: float = 0.2, test_split_seed: int = 0, verify: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
+        self.verify, self._verified = bool(verify), False
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction = float(test_fraction)
@@ -94,6 +98,27 @@ class _ImageFolderDataModule(ImageDataModule):
                 f"(missing: {missing[:10]}, extra: {extra[:10]}); both need the same class sub-folders"
             )
         return folder
+
+    def prepare_data(self) -> None:
+        """With ``verify``: decode every image of both folders once, before training, and name every file
+        that fails (instead of the first, mid-epoch)."""
+        super().prepare_data()
+        if not self.verify or self._verified:
+            return
+        bad = []
+        for path in dict.fromkeys(
+            p for d in (self.train_dir, self.test_dir) if d for p, _ in self._open(d).samples
+        ):
+            try:
+                load_rgb_image(path)
+            except CorruptImageError:
+                bad.append(path)
+        if bad:
+            raise CorruptImageError(
+                f"{len(bad)} image file(s) cannot be read: {', '.join(bad[:10])}{' ...' * (len(bad) > 10)}. "
+                "Remove or replace them (re-download or re-export) and run again."
+            )
+        self._verified = True
 
     def _train_folder_and_pool(self) -> tuple[ImageFolder, np.ndarray]:
         if self._train_folder is None:
