@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -224,6 +225,32 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     torch.testing.assert_close(policy_resumed, policy_full, rtol=0, atol=1e-6)
     torch.testing.assert_close(net_resumed, net_full, rtol=0, atol=1e-6)
     assert results_resumed["hyper_steps"] == results_full["hyper_steps"] > 0
+
+
+def test_resume_continues_the_same_run_directory(tmp_path: Path) -> None:
+    """ckpt_path from another directory: the outputs stay in the checkpoint's run directory (metrics.csv
+    continued, best.ckpt kept), the new directory links to it; a changed setting that matters is one line."""
+    from madao_pl.run import ConfigError, continue_run
+
+    a, b, last = tmp_path / "a", tmp_path / "b", tmp_path / "a" / "checkpoints" / "last.ckpt"
+    train(compose_config(a, *TINY, "trainer.max_epochs=1", "augment.inner_steps=2"))
+    results = train(
+        compose_config(b, *TINY, "trainer.max_epochs=2", "augment.inner_steps=2", f"ckpt_path={last}")
+    )
+    assert results["epochs"] == 2 and (a / "results.json").is_file() and not (b / "results.json").exists()
+    assert (b / "continues").resolve() == a.resolve()
+    epochs = {row["epoch"] for row in csv.DictReader((a / "csv" / "metrics.csv").open()) if row["epoch"]}
+    assert epochs == {"0", "1", "2"} and (a / "checkpoints" / "best.ckpt").is_file()  # 2: the test phase
+    changed = compose_config(b, *TINY, "trainer.max_epochs=3", "augment.inner_steps=5", f"ckpt_path={last}")
+    with pytest.raises(ConfigError, match=r"other settings \(augment.inner_steps 2 -> 5\): resume with"):
+        train(changed)
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        train(compose_config(b, *TINY, f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+    (a / "wandb" / "offline-run-20261201_120000-abc123").mkdir(parents=True)
+    (a / "wandb" / "latest-run").symlink_to("offline-run-20261201_120000-abc123")
+    with_wandb = compose_config(b, *TINY, "logger=wandb", "augment.inner_steps=2", f"ckpt_path={last}")
+    continue_run(with_wandb)
+    assert with_wandb.logger.wandb.id == "abc123" and with_wandb.logger.wandb.resume == "allow"
 
 
 def test_checkpoint_holds_everything_needed_to_resume(tiny_cfg, tmp_path: Path) -> None:

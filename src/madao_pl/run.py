@@ -182,9 +182,71 @@ def output_dir(cfg: DictConfig) -> Path:
     return path
 
 
+RESUME_MUST_MATCH = (
+    "dataset.name",
+    "model",
+    "augment.name",
+    "augment.inner_steps",
+    "augment.policy.num_stages",
+)
+"""Settings a resumed run must share with the run that wrote its checkpoint (the weights and counters)."""
+
+
+class _ConfigInCheckpoint(pl.Callback):
+    """Keeps :data:`RESUME_MUST_MATCH` and the output directory in every checkpoint, for the resume check."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        self.settings = {key: _select(resolved, key) for key in (*RESUME_MUST_MATCH, "paths.output_dir")}
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint["madao_run"] = self.settings
+
+
+def _select(container: Any, key: str) -> Any:
+    for part in key.split("."):
+        container = container.get(part) if isinstance(container, dict) else None
+    return container
+
+
+def continue_run(cfg: DictConfig) -> None:
+    """With ``ckpt_path``: refuse changed settings that matter in one line, and continue in the checkpoint's
+    run directory (metrics.csv appended, best.ckpt tracking kept, the same W&B run)."""
+    if not cfg.get("ckpt_path"):
+        return
+    path = Path(str(cfg.ckpt_path))
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such checkpoint; give a run's checkpoints/last.ckpt")
+    saved = torch.load(path, map_location="cpu", weights_only=True).get("madao_run")
+    if not saved:
+        return  # an older checkpoint: resume where this run writes
+    now = OmegaConf.to_container(cfg, resolve=True)
+    changed = [
+        f"{k} {saved[k]!r} -> {_select(now, k)!r}" for k in RESUME_MUST_MATCH if saved[k] != _select(now, k)
+    ]
+    if changed:
+        raise ConfigError(
+            f"ckpt_path={path} was written with other settings ({'; '.join(changed)}): resume with the "
+            "checkpoint's settings, or start a new run without ckpt_path"
+        )
+    previous = Path(saved["paths.output_dir"])
+    if previous.is_dir() and previous.resolve() != Path(cfg.paths.output_dir).resolve():
+        here = Path(cfg.paths.output_dir)
+        here.mkdir(parents=True, exist_ok=True)
+        (here / "continues").unlink(missing_ok=True)
+        (here / "continues").symlink_to(previous.resolve(), target_is_directory=True)
+        cfg.paths.output_dir = str(previous)
+    latest = Path(cfg.paths.output_dir) / "wandb" / "latest-run"
+    if cfg.get("logger") and "wandb" in cfg.logger and latest.exists():
+        OmegaConf.update(cfg, "logger.wandb.id", latest.resolve().name.rsplit("-", 1)[-1], force_add=True)
+        OmegaConf.update(cfg, "logger.wandb.resume", "allow", force_add=True)
+    log.info("resuming %s in %s", path, cfg.paths.output_dir)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; write the run's outputs; return results.json's content."""
     check_config(cfg)
+    continue_run(cfg)
     out = output_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg, "dataset.datamodule")
@@ -210,6 +272,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [
         build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c
     ]
+    callbacks.append(_ConfigInCheckpoint(cfg))
     loggers = [
         build(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c and "_target_" in c
     ]
