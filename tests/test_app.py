@@ -7,7 +7,9 @@ import csv
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -207,6 +209,54 @@ def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.Monke
     ):
         assert key in logged
     assert "hyper/grad_norm" in logged and "policy/entropy" in logged
+
+
+def _wandb_records(path: Path) -> Iterator[Any]:
+    """The records of an offline run's ``.wandb`` file, parsed with wandb's own protobuf schema (the file is
+    a LevelDB-style log: 7-byte header, 32 KiB blocks of checksum / length / type framed chunks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, chunks = path.read_bytes(), 7, 32768, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if left < 7 or kind == 0:  # block tail padding
+            pos += left
+            continue
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        chunks = payload if kind in (1, 2) else chunks + payload
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunks)
+            yield record
+
+
+def test_wandb_offline_run_read_back_has_every_hyper_step_and_the_charts(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offline W&B run, read back from its file: one policy row per hyper step (and the start) whatever
+    log_every_n_steps, the hyper_step axis for policy/*, the line-series charts and the plot images."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    results = train(tiny_cfg("logger=wandb", "trainer.max_epochs=2", "trainer.log_every_n_steps=50"))
+    (path,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    history, metrics = [], set()
+    for record in _wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            items = record.history.item
+            history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items})
+        elif kind == "metric":
+            metrics.add((record.metric.name or record.metric.glob_name, record.metric.step_metric))
+    steps = [row["hyper_step"] for row in history if "policy/stage1/Sharpness/apply" in row]
+    assert steps == list(range(results["hyper_steps"] + 1)) and ("policy/*", "hyper_step") in metrics
+    charts = [row for row in history if "policy/charts/stage0_selection_table/nrows" in row]
+    assert len(charts) == 3  # after each epoch and at the end of fit
+    assert charts[-1]["policy/charts/stage0_selection_table/nrows"] == 14 * (results["hyper_steps"] + 1)
+    for k, value in ((0, "apply"), (1, "magnitude"), (1, "selection")):
+        assert charts[-1][f"policy/charts/stage{k}_{value}_table/_type"] == "table-file"
+    assert sum(row.get("policy/plots/count", 0) == 2 for row in history) == 3  # the two plots each time
 
 
 def test_wandb_gets_line_series_charts_and_the_plots(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
