@@ -16,6 +16,7 @@ import torch
 from hydra import initialize_config_module
 from hydra.utils import instantiate
 
+import madao_pl
 from madao_pl.data import DatasetNotFoundError
 from madao_pl.module import MADAOModule
 from madao_pl.run import ConfigError, train
@@ -409,6 +410,24 @@ def test_cli_corrupt_image_is_one_line_naming_the_file(tmp_path: Path) -> None:
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if line.strip() and "Warning" not in line]
     assert lines[-1].startswith(f"error: cannot read image file '{bad}'") and "Traceback" not in run.stderr
+
+
+def test_help_lists_the_choices_not_the_shared_files() -> None:
+    """--help's group list (a fixed template) names exactly each group's choice files, no _shared ones."""
+    from omegaconf import OmegaConf
+
+    conf = Path(madao_pl.__file__).parent / "conf"
+    template = OmegaConf.load(conf / "hydra" / "default.yaml").help.template
+    listed = {
+        line.split(":")[0].strip(): line.split(":", 1)[1].strip().split(", ")
+        for line in template.split("== Configuration groups ==")[1].split("== Config ==")[0].splitlines()
+        if ":" in line
+    }
+    groups = {p.name for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")}
+    assert set(listed) == groups
+    for group, names in listed.items():
+        files = sorted(f.stem for f in (conf / group).glob("*.yaml") if not f.stem.startswith("_"))
+        assert names == files, group
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
