@@ -238,9 +238,15 @@ def test_wandb_offline_run_read_back_has_every_hyper_step_and_the_charts(
 ) -> None:
     """An offline W&B run, read back from its file: one policy row per hyper step (and the start) whatever
     log_every_n_steps, the hyper_step axis for policy/*, the line-series charts and the plot images."""
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    results = train(tiny_cfg("logger=wandb", "trainer.max_epochs=2", "trainer.log_every_n_steps=50"))
+    wandb.teardown()  # an earlier test's disabled-mode settings must not carry over
+    try:
+        results = train(tiny_cfg("logger=wandb", "trainer.max_epochs=2", "trainer.log_every_n_steps=50"))
+    finally:
+        wandb.teardown()
     (path,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     history, metrics = [], set()
     for record in _wandb_records(path):
