@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.summarize import Run, collect, plot_table, render_markdown, summarize
+from experiments.summarize import Run, collect, markdown_table, plot_table, render_markdown, summarize
 
 from benchmarks.common import RESULTS, ROOT, stamp, write_json
 
@@ -57,8 +57,6 @@ CLEAN = [
     "augment.hyper_train_batches=4",
 ]
 """The cleanest hypergradient measured within the time budget (bench_hypergrad's estimators)."""
-DAMPED_CG = ["augment.hyper.method=cg", "augment.hyper.damping=0.01", "augment.hyper.cg_iterations=10"]
-"""A longer horizon: (H + 0.01 I)^-1 by 10 CG iterations instead of one Neumann term."""
 LEVERS = {
     "start_p0.2": ["augment.policy.init_probability=-1.4"],
     "direction_only": ["augment.hyper.direction_only=true"],
@@ -76,7 +74,7 @@ LEVERS = {
 """Issue #12's levers, each a change to the defaults (the methods sweep holds the defaults and the paper's
 start): lever -> overrides. ``clean_lr0.1*``: the clean hypergradient with 10x the policy's learning rate, so
 that the few hyper steps of a digits run can move the policy and show where the hypergradient points, also
-normalised (``direction_only``) and with a longer horizon (``damped_cg``)."""
+normalised (``direction_only``)."""
 
 
 def run_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:
@@ -131,6 +129,39 @@ def policy_movement(run_dir: Path) -> dict[str, float] | None:
     return out
 
 
+def lever_table(methods: list[Run], levers: list[Run], runs_dir: Path) -> str:
+    """Test and validation error (%) per lever and data set, mean ± sample std (runs), next to no
+    augmentation and MADAO's defaults from the methods sweep: one row per lever, named as in LEVERS."""
+    groups: dict[str, list[Run]] = {
+        "no augmentation": [r for r in methods if r.augment == "baseline"],
+        "MADAO defaults": [r for r in methods if r.augment == "madao"],
+    }
+    for run in levers:
+        groups.setdefault(f"`{run.path.parent.relative_to(runs_dir).parts[0]}`", []).append(run)
+    datasets = sorted({r.dataset for r in levers}, key=lambda d: (d != "digits", d))
+
+    def cell(runs: list[Run], metric: str) -> str:
+        values = [100 * r.metrics[metric] for r in runs if r.metrics.get(metric) is not None]
+        if not values:
+            return "—"
+        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        return f"{statistics.fmean(values):.2f}{spread} ({len(values)})"
+
+    header = ["lever", *(f"{d} {m}" for d in datasets for m in ("test", "val"))]
+    rows = [
+        [
+            name,
+            *(
+                cell([r for r in runs if r.dataset == d], f"{m}_error")
+                for d in datasets
+                for m in ("test", "val")
+            ),
+        ]
+        for name, runs in groups.items()
+    ]
+    return "Error (%), mean ± sample std (runs):\n\n" + markdown_table(header, rows) + "\n"
+
+
 def settings_of(run: Run) -> dict[str, Any]:
     """The shared settings, read from a MADAO run's config (not assumed)."""
     s = run.settings
@@ -165,6 +196,8 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
             table, more = summarize(runs, by=name if name in PLOTS else None)
             problems += more
             tables[name] = render_markdown(table, problems)
+            if name == "levers":
+                tables[name] = lever_table(found["methods"], runs, runs_dir / name)
             if name in PLOTS:
                 title = f"{runs[0].dataset}, {runs[0].model}, seeds {sorted({r.seed for r in runs}, key=str)}"
                 plot_table(table, out.parent / PLOTS[name], title)
