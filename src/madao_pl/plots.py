@@ -31,11 +31,14 @@ def _axes(num_stages: int) -> tuple[plt.Figure, list[plt.Axes]]:
 
 def _frame(ax: plt.Axes, xs: list[float], warmup_epochs: float) -> None:
     """x range, label and the shaded, labelled warm-up."""
-    ax.set_xlim(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1)
+    right = max(xs) if max(xs) > min(xs) else min(xs) + 1
+    ax.set_xlim(min(xs), right)
     ax.set_xlabel("epoch")
-    if warmup_epochs > 0:
-        ax.axvspan(0, warmup_epochs, color="0.9", zorder=0)
-        ax.text(warmup_epochs / 2, 0.98, "warm-up", transform=ax.get_xaxis_transform(), ha="center", va="top")
+    shown = min(warmup_epochs, right)  # a plot drawn during the warm-up shows only its part
+    if shown > 0:
+        ax.axvspan(0, shown, color="0.9", zorder=0)
+        ax.axvline(shown, color="0.2", linestyle=":", zorder=3)  # visible over the stacked areas too
+        ax.text(shown / 2, 0.98, "warm-up", transform=ax.get_xaxis_transform(), ha="center", va="top")
 
 
 def plot_policy_evolution(points: Points, path: Path, warmup_epochs: float = 0.0) -> None:
