@@ -17,11 +17,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from madao_pl.augment import OP_NAMES, StageDescription  # noqa: E402
+from madao_pl.augment import OP_NAMES, StageDescription, get_operation  # noqa: E402
 
 __all__ = ["plot_policy_evolution", "plot_policy_parameters"]
 
 Points = list[tuple[float, list[StageDescription]]]
+UNITS = {
+    "ShearX": "shear",
+    "ShearY": "shear",
+    "TranslateX": "x size",
+    "TranslateY": "x size",
+    "Rotate": "deg",
+}
+"""Ops whose magnitude reads better in their own unit (mu x the op's ``max_value``), in the legend."""
+
+
+def _label(name: str, key: str, value: float) -> str:
+    """Legend entry; a magnitude of :data:`UNITS` also in the op's unit at its last value."""
+    if key != "magnitude" or name not in UNITS:
+        return f"{name} {key}"
+    return f"{name} {key} (end {value:.2f} = {value * get_operation(name).max_value:.3g} {UNITS[name]})"
 
 
 def _axes(num_stages: int) -> tuple[plt.Figure, list[plt.Axes]]:
@@ -71,7 +86,8 @@ def plot_policy_evolution(points: Points, path: Path, warmup_epochs: float = 0.0
 
 def plot_policy_parameters(points: Points, path: Path, top_k: int = 3, warmup_epochs: float = 0.0) -> None:
     """Apply probability (solid) and magnitude (dashed) of the ops with the highest selection probability at
-    the last point, per stage (Figure 5); the y-axis spans the values drawn.
+    the last point, per stage (Figure 5); the y-axis spans the values drawn; geometric magnitudes are also
+    given in their unit in the legend (Rotate 0.57 = 17.1 deg).
 
     Args:
         points: ``(epochs, stages)`` in order, at least one.
@@ -90,7 +106,8 @@ def plot_policy_parameters(points: Points, path: Path, top_k: int = 3, warmup_ep
                 if final[k][name][key] is None:
                     continue
                 values = [stages[k][name][key] for _, stages in points]
-                ax.step(xs, values, where="post", color=color, linestyle=style, label=f"{name} {key}")
+                label = _label(name, key, values[-1])
+                ax.step(xs, values, where="post", color=color, linestyle=style, label=label)
                 drawn += values
         low, high = min(drawn), max(drawn)
         margin = max(0.02, 0.1 * (high - low))
