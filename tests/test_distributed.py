@@ -104,15 +104,18 @@ def test_two_process_cpu_ddp_keeps_ranks_identical(tmp_path: Path) -> None:
     datamodule = instantiate(cfg.dataset.datamodule)
     datamodule.setup("test")
     mean, std = torch.tensor(datamodule.mean).view(1, 3, 1, 1), torch.tensor(datamodule.std).view(1, 3, 1, 1)
-    wrong = total = 0
+    wrong = total = near_ties = 0
     net.eval()
     with torch.no_grad():
         for images, labels in datamodule.test_dataloader():
-            wrong += int((net((images - mean) / std).argmax(1) != labels).sum())
+            logits = net((images - mean) / std)
+            wrong += int((logits.argmax(1) != labels).sum())
+            top2 = logits.topk(2, dim=1).values
+            near_ties += int((top2[:, 0] - top2[:, 1] < 1e-3).sum())
             total += len(labels)
-    # Equal up to one near-tie image: this barely trained net's logits are close, and the sharded
-    # batches (225 vs 450 images) take other convolution kernels, which can flip one argmax.
-    assert total == 450 and abs(round(results["test_error"] * total) - wrong) <= 1
+    # Equal up to the near-tie images: this barely trained net's logits are close, and the sharded
+    # batches (225 vs 450 images) take other convolution kernels, which can flip such an argmax.
+    assert total == 450 and abs(round(results["test_error"] * total) - wrong) <= max(1, near_ties)
 
 
 def test_unpadded_shard_sampler_counts_each_sample_once() -> None:
@@ -251,6 +254,16 @@ def test_resume_continues_the_same_run_directory(tmp_path: Path) -> None:
     with_wandb = compose_config(b, *TINY, "logger=wandb", "augment.inner_steps=2", f"ckpt_path={last}")
     continue_run(with_wandb)
     assert with_wandb.logger.wandb.id == "abc123" and with_wandb.logger.wandb.resume == "allow"
+
+
+def test_last_checkpoint_is_the_last_epoch_even_without_improvement(tiny_cfg, tmp_path: Path) -> None:
+    """A network learning rate of 1e-12 keeps val/error flat, so best.ckpt stays at epoch 0; last.ckpt must
+    still be the end of training (Lightning's save_last alone would leave it at epoch 0)."""
+    results = train(tiny_cfg("trainer.max_epochs=3", "dataset.lr=1e-12", "test=false"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == results["global_steps"]
+    assert best["epoch"] == 0
 
 
 def test_checkpoint_holds_everything_needed_to_resume(tiny_cfg, tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ class MADAOModule(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.warmup_active = False
-        self.hyper_batches = BatchStream(lambda: hyper_dataloader(self._trainer))
+        self.hyper_batches = BatchStream(self._hyper_loader)  # a method, not a lambda: ddp_spawn pickles it
         self._recent_batches: deque[tuple[Tensor, Tensor]] = deque(maxlen=hyper_train_batches - 1)
         self._steps_since_warmup = 0  # the inner_step buffer's value, kept on the host (no sync per step)
         self._generator_state: Tensor | None = None
@@ -208,6 +208,9 @@ class MADAOModule(pl.LightningModule):
             metrics["policy/entropy"] = self.policy.entropy().detach()
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(labels))
         return result.train_loss
+
+    def _hyper_loader(self) -> Iterable[Any]:
+        return hyper_dataloader(self._trainer)
 
     def _optimizers(self) -> list[Any]:
         optimizers = self.optimizers()
