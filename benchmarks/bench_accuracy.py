@@ -20,8 +20,9 @@ runs some; ``runs_by`` says which invocation ran each, and the others keep their
 (``accuracy.json``) gets summarize's tables (methods and replays in one), the runs' numbers, the settings
 read from the MADAO runs' configs, and beside it the sweep plots and the MADAO seed-0 run's policy plots.
 Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench/accuracy] [--sweeps ...]
-[--no-run] [-- OVERRIDE ...]`` (about 40 minutes on 2 CPU cores); overrides after ``--`` go to every sweep
-(smoke tests: ``dataset.epochs=1``), ``--no-run`` only summarises the sweep directories.
+[--no-run] [-- OVERRIDE ...]`` (about 90 minutes on 2 CPU cores, the levers half of it); overrides after
+``--`` go to every sweep (smoke tests: ``dataset.epochs=1``), ``--no-run`` only summarises the sweep
+directories.
 """
 
 from __future__ import annotations
