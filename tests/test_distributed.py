@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 
 import madao_pl.module as module_lib
 from madao_pl.augment import MADAOPolicy
+from madao_pl.callbacks import WarmupCallback
 from madao_pl.data.base import UnpaddedShardSampler
 from madao_pl.run import train
 from tests.conftest import TINY, compose_config
@@ -42,6 +43,11 @@ class SyncCheck(pl.Callback):
         self.network_diffs: list[float] = []
         self.augmentations_differ: bool | None = None
         self._seen = 0
+        self.planned: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        warmup = next(c for c in trainer.callbacks if isinstance(c, WarmupCallback))
+        self.planned = warmup.planned_hyper_steps(trainer, pl_module.inner_steps)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.augmentations_differ is None:
@@ -70,6 +76,7 @@ class SyncCheck(pl.Callback):
                     "network": self.network_diffs,
                     "augmentations_differ": self.augmentations_differ,
                     "hyper_steps": int(pl_module.hyper_steps),
+                    "planned_hyper_steps": self.planned,
                 }
             )
         )
@@ -94,6 +101,7 @@ def test_two_process_cpu_ddp_keeps_ranks_identical(tmp_path: Path) -> None:
         assert max(report["policy"]) == 0.0, "policy parameters differ between ranks"
         assert max(report["network"]) < 1e-6, "network parameters differ between ranks"
         assert report["augmentations_differ"] is True
+        assert report["planned_hyper_steps"] == report["hyper_steps"]  # the start-up count, per rank
     assert results["hyper_steps"] == reports[0]["hyper_steps"]
     assert len(list(tmp_path.rglob("results.json"))) == 1
 
