@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.summarize import Run, collect, markdown_table, plot_table, render_markdown, summarize
+from experiments.summarize import Cell, Run, collect, markdown_table, plot_table, render_markdown, summarize
 
 from benchmarks.common import RESULTS, ROOT, stamp, write_json
 
@@ -143,21 +143,12 @@ def lever_table(methods: list[Run], levers: list[Run], runs_dir: Path) -> str:
 
     def cell(runs: list[Run], metric: str) -> str:
         values = [100 * r.metrics[metric] for r in runs if r.metrics.get(metric) is not None]
-        if not values:
-            return "—"
-        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        return f"{statistics.fmean(values):.2f}{spread} ({len(values)})"
+        return Cell(values, runs).text() if values else "—"
 
-    header = ["lever", *(f"{d} {m}" for d in datasets for m in ("test", "val"))]
+    columns = [(d, m) for d in datasets for m in ("test", "val")]
+    header = ["lever", *(f"{d} {m}" for d, m in columns)]
     rows = [
-        [
-            name,
-            *(
-                cell([r for r in runs if r.dataset == d], f"{m}_error")
-                for d in datasets
-                for m in ("test", "val")
-            ),
-        ]
+        [name, *(cell([r for r in runs if r.dataset == d], f"{m}_error") for d, m in columns)]
         for name, runs in groups.items()
     ]
     return "Error (%), mean ± sample std (runs):\n\n" + markdown_table(header, rows) + "\n"

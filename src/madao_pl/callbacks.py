@@ -96,15 +96,10 @@ def logger_step(trainer: pl.Trainer) -> int:
     return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
 
 
-def _current_names(stages: list[StageDescription]) -> list[StageDescription]:
-    """Stages as saved by an older version, with today's names (``probability`` is now ``apply``)."""
-    return [
-        {
-            op: {("apply" if k == "probability" else k): v for k, v in values.items()}
-            for op, values in ops.items()
-        }
-        for ops in stages
-    ]
+def _current_names(values: dict[str, Any]) -> dict[str, Any]:
+    """One op's values (or a history row) as saved by an older version, with today's names: the apply
+    probability was ``probability``."""
+    return {("apply" if k == "probability" else k): v for k, v in values.items()}
 
 
 def policy_snapshot(policy: Policy) -> list[StageDescription]:
@@ -249,9 +244,8 @@ class PolicyHistoryCallback(pl.Callback):
         for row in self.rows:
             for key in ("selection", "apply", "magnitude"):
                 if row.get(key) is not None:
-                    table.setdefault((int(row["stage"]), key, row["op"]), {})[int(row["hyper_step"])] = row[
-                        key
-                    ]
+                    series = table.setdefault((int(row["stage"]), key, row["op"]), {})
+                    series[int(row["hyper_step"])] = row[key]
         charts = {}
         for stage in sorted({k[0] for k in table}):
             for key in ("selection", "apply", "magnitude"):
@@ -271,12 +265,10 @@ class PolicyHistoryCallback(pl.Callback):
         return {"rows": self.rows, "points": self.points, "seen": self._seen_hyper_steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = list(state_dict.get("rows", []))
-        points = state_dict.get(
-            "points", state_dict.get("epoch_snapshots", [])
-        )  # older checkpoints: per epoch
-        self.points = [(float(x), _current_names(stages)) for x, stages in points]
-        for row in self.rows:
-            if "probability" in row:
-                row["apply"] = row.pop("probability")
+        self.rows = [_current_names(row) for row in state_dict.get("rows", [])]
+        points = state_dict.get("points", state_dict.get("epoch_snapshots", []))  # older: one per epoch
+        self.points = [
+            (float(x), [{op: _current_names(v) for op, v in ops.items()} for ops in stages])
+            for x, stages in points
+        ]
         self._seen_hyper_steps = int(state_dict.get("seen", -1))

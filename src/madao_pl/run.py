@@ -44,6 +44,11 @@ class ConfigError(ValueError):
     """A configuration value outside its valid range; the message names the key."""
 
 
+def _choices(group: str) -> list[str]:
+    """The choices of config group ``group``: its files, less the shared ``_*`` ones."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
 def _known_keys(group: str) -> set[str]:
     """Every top-level key that some file of config group ``group`` sets."""
     keys: set[str] = set()
@@ -66,20 +71,19 @@ def _check_choices_and_keys(cfg: DictConfig) -> None:
         for group in GROUPS:
             choice = str(choices.get(group, ""))
             if choice.startswith("_"):
-                names = sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
-                raise ConfigError(
-                    f"{group}={choice} is a shared file, not a choice: pick one of {', '.join(names)}"
-                )
+                names = ", ".join(_choices(group))
+                raise ConfigError(f"{group}={choice} is a shared file, not a choice: pick one of {names}")
     for key in _missing_keys(OmegaConf.to_container(cfg, resolve=False)):
         group = key.split(".")[0]
         if key == f"{group}.name" and group in GROUPS:
-            names = sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
-            raise ConfigError(f"{group} has no choice (a shared file?): pick one of {', '.join(names)}")
+            raise ConfigError(
+                f"{group} has no choice (a shared file?): pick one of {', '.join(_choices(group))}"
+            )
         hint = REQUIRED_HINTS.get(key, f"add {key}=<value> to the command line")
         raise ConfigError(f"{key} is required here and not set: {hint}")
-    unknown = sorted(set(cfg.augment.keys()) - _known_keys("augment"))
-    for key in unknown:
-        close = difflib.get_close_matches(key, sorted(_known_keys("augment")), n=1)
+    known = _known_keys("augment")
+    for key in sorted(set(cfg.augment.keys()) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f"did you mean augment.{close[0]}?" if close else "no augment choice reads it"
         raise ConfigError(f"augment.{key} is not a setting ({hint}): fix or remove it")
     path = cfg.augment.get("path")
@@ -217,7 +221,8 @@ def continue_run(cfg: DictConfig) -> None:
     path = Path(str(cfg.ckpt_path))
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path}: no such checkpoint; give a run's checkpoints/last.ckpt")
-    saved = torch.load(path, map_location="cpu", weights_only=True).get("madao_run")
+    # mmap: only the small dict is read here (Lightning loads the whole checkpoint again for the fit)
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("madao_run")
     if not saved:
         return  # an older checkpoint: resume where this run writes
     now = OmegaConf.to_container(cfg, resolve=True)
@@ -349,11 +354,11 @@ def _log_to_the_job_log() -> None:
     logging.captureWarnings(True)
 
 
-def _last_line(error: BaseException) -> str:
-    """The error's own message: re-raised from a DataLoader worker it carries the worker's traceback, whose
-    last line is the original ``<Type>: <message>``."""
+def _one_line(error: BaseException) -> str:
+    """The error's own message. A :class:`CorruptImageError` re-raised from a DataLoader worker carries the
+    worker's traceback, whose last line is the original ``<Type>: <message>``."""
     lines = [line for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and ": " in lines[-1]:
+    if isinstance(error, CorruptImageError) and len(lines) > 1 and ": " in lines[-1]:
         return lines[-1].split(": ", 1)[1]
     return " ".join(lines)
 
@@ -374,7 +379,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
     except (ConfigError, DatasetNotFoundError, CorruptImageError) as error:
-        message = _last_line(error)
+        message = _one_line(error)
         print(f"error: {message}", file=sys.stderr)
         _file_only(logging.ERROR, f"error: {message}")
         sys.exit(2)
