@@ -57,6 +57,7 @@ __all__ = [
     "HyperStepConfig",
     "HyperStepResult",
     "augment_batch",
+    "check_integer",
     "check_network",
     "hyper_step",
     "trainable_parameters",
@@ -66,7 +67,8 @@ Vector = tuple[Tensor, ...]
 METHODS = ("neumann", "cg", "exact")
 
 
-def _integer(name: str, value: object, low: int) -> None:
+def check_integer(name: str, value: object, low: int) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an integer (not a bool) >= ``low``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
@@ -118,13 +120,13 @@ class HyperStepConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        _integer("neumann_steps", self.neumann_steps, 0)
+        check_integer("neumann_steps", self.neumann_steps, 0)
         _number("neumann_alpha", self.neumann_alpha, lambda v: v > 0, "a number > 0")
         _number("neumann_tol", self.neumann_tol, lambda v: 0 <= v < 1, "a number in [0, 1) (0 = all J terms)")
-        _integer("cg_iterations", self.cg_iterations, 0)
+        check_integer("cg_iterations", self.cg_iterations, 0)
         _number("cg_tol", self.cg_tol, lambda v: v >= 0, "a number >= 0")
         _number("damping", self.damping, lambda v: v >= 0, "a number >= 0 (0 = no damping)")
-        _integer("max_exact_params", self.max_exact_params, 1)
+        check_integer("max_exact_params", self.max_exact_params, 1)
         for name in ("direction_only", "recompute"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

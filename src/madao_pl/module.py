@@ -10,7 +10,6 @@ differ only in the policy.
 from __future__ import annotations
 
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -23,9 +22,16 @@ from torch.profiler import record_function
 from torchmetrics.classification import MulticlassAccuracy
 
 from madao_pl.augment import Policy, cutout
-from madao_pl.data.stream import BatchStream, hyper_dataloader
+from madao_pl.data.stream import BatchStream, RecentBatches, hyper_dataloader
 from madao_pl.distributed import broadcast_, mean_over_ranks, set_grads
-from madao_pl.hyperstep import HyperStepConfig, augment_batch, check_network, hyper_step, trainable_parameters
+from madao_pl.hyperstep import (
+    HyperStepConfig,
+    augment_batch,
+    check_integer,
+    check_network,
+    hyper_step,
+    trainable_parameters,
+)
 from madao_pl.rng import get_rng_states, rank_generator, set_rng_states
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -43,27 +49,25 @@ def _step(optimizer: torch.optim.Optimizer, module: nn.Module, flat_grad: Tensor
 class MADAOModule(pl.LightningModule):
     """Image classifier trained with a (learned or fixed) on-device augmentation policy.
 
-    Each training step is one SGD step of ``net`` on the augmented batch (policy without graph). With a
-    learnable policy, outside warm-up (``warmup_active``, set by `madao_pl.callbacks.WarmupCallback`),
-    every ``inner_steps``-th step is a hyper step (`madao_pl.hyperstep.hyper_step`): the policy steps
-    along the hypergradient, and the network along that step's ``df/dtheta``. Counters (steps since
-    warm-up, hyper steps, skipped non-finite hypergradients, Hessian-vector products) are buffers, so
-    checkpoints carry them.
+    Each training step is one SGD step of ``net`` on the augmented batch. With a learnable policy, outside
+    warm-up (``warmup_active``, set by `madao_pl.callbacks.WarmupCallback`), every ``inner_steps``-th step
+    is a hyper step (`madao_pl.hyperstep.hyper_step`): the policy steps along the hypergradient and the
+    network along that step's ``df/dtheta``. Counters are buffers, so checkpoints carry them.
 
     Args:
         net: the classifier; normalised ``(B, 3, H, W)`` images -> logits.
         policy: a `madao_pl.augment.Policy`; one with trainable parameters gets hyper steps.
-        optimizer: ``params -> Optimizer`` for the network (Hydra ``_partial_``).
-        scheduler: optional ``optimizer -> LR scheduler``, stepped once per epoch.
-        policy_optimizer: ``params -> Optimizer`` for the policy (default RMSprop, lr 1e-2).
+        optimizer, scheduler: ``params -> Optimizer`` and ``optimizer -> LR scheduler`` (stepped per epoch)
+            for the network (Hydra ``_partial_``); no scheduler if None.
+        policy_optimizer: ``params -> Optimizer`` for the policy (default: the paper's RMSprop, lr 1e-2).
         num_classes: number of classes (metrics).
         mean, std: per-channel normalisation applied on device after the augmentation.
         cutout: Cutout square side in pixels after the policy (0 = off).
         inner_steps: s, network steps per hyper step (the s-th is the hyper step), >= 1.
         hyper: the hyper step's solver and memory settings.
         hyper_train_batches: k, training batches the hyper step differentiates through: its own and the
-            k - 1 inner steps' before it (raw images, augmented afresh), for k times the samples per policy
-            parameter; its network step then averages over all k (1: the paper's, its own batch only).
+            k - 1 inner steps' before it (augmented afresh); its network step averages over all k
+            (1: the paper's).
     """
 
     def __init__(
@@ -83,19 +87,16 @@ class MADAOModule(pl.LightningModule):
         hyper_train_batches: int = 1,
     ) -> None:
         super().__init__()
-        checked = (
+        for name, value, low in (
             ("inner_steps", inner_steps, 1),
             ("cutout", cutout, 0),
             ("hyper_train_batches", hyper_train_batches, 1),
-        )
-        for name, value, low in checked:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        ):
+            check_integer(name, value, low)
         check_network(net)
         self.automatic_optimization = False
         self.net, self.policy = net, policy
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        # the paper's policy optimiser (Appendix B)
         self.policy_optimizer_factory = policy_optimizer or partial(torch.optim.RMSprop, lr=1e-2)
         self.cutout_size, self.inner_steps = cutout, inner_steps
         self.hyper = hyper if hyper is not None else HyperStepConfig()
@@ -107,7 +108,7 @@ class MADAOModule(pl.LightningModule):
         self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.warmup_active = False
         self.hyper_batches = BatchStream(self._hyper_loader)  # a method, not a lambda: ddp_spawn pickles it
-        self._recent_batches: deque[tuple[Tensor, Tensor]] = deque(maxlen=hyper_train_batches - 1)
+        self.recent_batches = RecentBatches(hyper_train_batches - 1)
         self._steps_since_warmup = 0  # the inner_step buffer's value, kept on the host (no sync per step)
         self._generator_state: Tensor | None = None
         # The policy's gradient is the hypergradient, reduced by hand: keep it out of DDP's reducer.
@@ -159,8 +160,8 @@ class MADAOModule(pl.LightningModule):
                 optimizer.zero_grad()
                 self.manual_backward(loss)
                 optimizer.step()
-            if self._recent_batches.maxlen and self.learns_policy and not self.warmup_active:
-                self._recent_batches.append((images, labels))
+            if self.learns_policy and not self.warmup_active:
+                self.recent_batches.add(images, labels)
         if not self.warmup_active:
             self._steps_since_warmup += 1
             self.inner_step.fill_(self._steps_since_warmup)
@@ -171,10 +172,7 @@ class MADAOModule(pl.LightningModule):
 
     def _hyper_step(self, images: Tensor, labels: Tensor) -> Tensor:
         """The s-th step: hyper step, then both optimiser steps with rank-averaged gradients."""
-        if self._recent_batches:
-            images = torch.cat([*(b[0] for b in self._recent_batches), images])
-            labels = torch.cat([*(b[1] for b in self._recent_batches), labels])
-            self._recent_batches.clear()
+        images, labels = self.recent_batches.join(images, labels)
         val_images, val_labels = (t.to(self.device, non_blocking=True) for t in self.hyper_batches.next())
         result = hyper_step(
             self.net, self.policy, (images, labels), (val_images, val_labels),
@@ -220,10 +218,9 @@ class MADAOModule(pl.LightningModule):
         self.hyper_batches.restart()
 
     def on_train_epoch_end(self) -> None:
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if scheduler is not None:
-                scheduler.step()
+        scheduler = self.lr_schedulers()  # configure_optimizers returns at most one
+        if scheduler is not None:
+            scheduler.step()
 
     def on_fit_start(self) -> None:
         """Check the held-out loader exists (not only after the warm-up), then start every rank from rank

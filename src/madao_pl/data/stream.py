@@ -1,11 +1,16 @@
-"""An endless stream of batches from a loader, for the held-out batches the MADAO hyper step draws."""
+"""The batches the MADAO hyper step draws besides its own: an endless stream of held-out batches, and the
+training batches of the inner steps just before it."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["BatchStream", "hyper_dataloader"]
+import torch
+from torch import Tensor
+
+__all__ = ["BatchStream", "RecentBatches", "hyper_dataloader"]
 
 
 def hyper_dataloader(trainer: Any) -> Iterable[Any]:
@@ -69,3 +74,30 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.passes = int(state.get("passes", 0))
         self._iterator = None
+
+
+class RecentBatches:
+    """The last ``count`` training batches (raw images and labels), joined to the hyper step's own.
+
+    With ``count = k - 1`` the hyper step differentiates through ``k`` batches: its own and the inner steps'
+    just before it. ``count = 0`` keeps nothing and :meth:`join` returns the batch unchanged.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._batches: deque[tuple[Tensor, Tensor]] = deque(maxlen=count)
+
+    def add(self, images: Tensor, labels: Tensor) -> None:
+        """Keep one inner step's batch (the oldest falls out beyond ``count``)."""
+        if self._batches.maxlen:
+            self._batches.append((images, labels))
+
+    def join(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The kept batches, oldest first, then ``(images, labels)``; forgets the kept ones."""
+        if not self._batches:
+            return images, labels
+        joined = (
+            torch.cat([*(b[0] for b in self._batches), images]),
+            torch.cat([*(b[1] for b in self._batches), labels]),
+        )
+        self._batches.clear()
+        return joined
