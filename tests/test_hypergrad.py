@@ -22,11 +22,13 @@ from torch import nn
 from madao_pl.hypergrad import (
     adaptive_neumann,
     conjugate_gradient,
+    curvature_scaled_neumann,
     dense_hessian,
     exact,
     implicit_hypergradient,
     neumann,
     second_order_vjp,
+    top_eigenvalue,
 )
 from madao_pl.hyperstep import HyperStepConfig
 
@@ -446,6 +448,57 @@ def test_adaptive_neumann_stops_early_within_tol(seed, scale, tol):
     assert _rel(alpha * (steps + 1) * _flat(v), explicit) > tol
 
 
+def _matrix_hvp(matrix: torch.Tensor):
+    return lambda u: (matrix @ u[0],)
+
+
+def test_power_iteration_finds_the_largest_magnitude_eigenvalue():
+    """Known spectrum, largest in magnitude negative: the estimate is |lambda| and rises to it from below."""
+    gen = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=DT, generator=gen))
+    eigenvalues = torch.tensor([-9.0, 4.0, 2.0, 1.0, 0.5, 0.1], dtype=DT)
+    hvp = Counted(_matrix_hvp(q @ torch.diag(eigenvalues) @ q.T))
+    start = (torch.randn(6, dtype=DT, generator=gen),)
+    estimates = [top_eigenvalue(hvp, start, iterations=n) for n in (1, 5, 60)]
+    assert hvp.calls == 66
+    assert estimates[0] <= estimates[1] <= estimates[2] <= 9.0 + 1e-9
+    assert abs(estimates[2] - 9.0) < 1e-8
+    assert top_eigenvalue(hvp, (torch.zeros(6, dtype=DT),), iterations=3) == 0.0
+
+
+@pytest.mark.parametrize(("scale", "tol"), [(0.5, 0.0), (1.0, 0.0), (0.5, 1e-4)])
+def test_curvature_scaled_neumann_is_the_series_at_scale_over_lambda_max(scale, tol):
+    """alpha = scale / |lambda_max| (not scale, not scale * lambda): the same x as neumann() at that alpha,
+    and with enough terms it reaches H^{-1} v on a positive definite H (alpha 1e-3 gets nowhere near)."""
+    train_grads, params, hessian = _mlp_problem(seed=2)
+    lam = np.abs(np.linalg.eigvalsh(hessian)).max()
+    v = tuple(torch.randn(p.shape, dtype=DT, generator=torch.Generator().manual_seed(5)) for p in params)
+    hvp = Counted(second_order_vjp(train_grads, params))
+    x, info = curvature_scaled_neumann(hvp, v, scale=scale, steps=8, power_iterations=200, tol=tol)
+    assert info.method == "neumann-curvature" and info.hvps == hvp.calls
+    assert info.alpha == pytest.approx(scale / lam, rel=1e-6)
+    expected = _explicit_series(hessian, _flat(v), scale / lam, 8)
+    err = _rel(_flat(x), expected)
+    _report(f"curvature-scaled neumann scale={scale} tol={tol} rel err vs explicit series", err)
+    assert err < (1e-3 if tol else 1e-8)
+    assert _rel(_explicit_series(hessian, _flat(v), scale, 8), expected) > 1e-2
+
+
+def test_curvature_scaled_neumann_reaches_the_inverse_where_the_fixed_alpha_does_not():
+    gen = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=DT, generator=gen))
+    matrix = q @ torch.diag(torch.tensor([50.0, 20.0, 10.0, 5.0, 2.0], dtype=DT)) @ q.T
+    v = (torch.randn(5, dtype=DT, generator=gen),)
+    truth = torch.linalg.solve(matrix, v[0]).numpy()
+    x, _ = curvature_scaled_neumann(_matrix_hvp(matrix), v, scale=1.0, steps=500, power_iterations=100)
+    fixed, _ = neumann(_matrix_hvp(matrix), v, alpha=1e-3, steps=5)  # the paper's series
+    _report("curvature-scaled vs fixed alpha, rel err to H^-1 v", _rel(_flat(x), truth))
+    assert _rel(_flat(x), truth) < 1e-6
+    assert _rel(_flat(fixed), truth) > 0.5
+    assert HyperStepConfig(neumann_alpha_scale=1.0).solver().func is curvature_scaled_neumann
+    assert HyperStepConfig().solver().func is adaptive_neumann
+
+
 def test_adaptive_neumann_large_steps_falls_back_to_stable_loop():
     """J = 60 with alpha |H| up to 0.95: the binomial form would cancel catastrophically."""
     logi = Logistic.make(seed=6)
@@ -605,6 +658,9 @@ def test_hparam_without_path_gets_zeros():
         ({"neumann_steps": 2.5}, "neumann_steps must be an integer >= 0"),
         ({"neumann_alpha": 0.0}, "neumann_alpha must be a number > 0, got 0.0"),
         ({"neumann_alpha": float("nan")}, "neumann_alpha must be a number > 0"),
+        ({"neumann_alpha_scale": 2.0}, r"neumann_alpha_scale must be a number in \[0, 2\)"),
+        ({"neumann_alpha_scale": -0.5}, r"neumann_alpha_scale must be a number in \[0, 2\)"),
+        ({"power_iterations": 0}, "power_iterations must be an integer >= 1, got 0"),
         ({"neumann_tol": -1.0}, r"neumann_tol must be a number in \[0, 1\)"),
         ({"neumann_tol": 1.0}, r"neumann_tol must be a number in \[0, 1\)"),
         ({"cg_iterations": -3}, "cg_iterations must be an integer >= 0"),

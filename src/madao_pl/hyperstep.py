@@ -46,6 +46,7 @@ from madao_pl.hypergrad import (
     Solver,
     adaptive_neumann,
     conjugate_gradient,
+    curvature_scaled_neumann,
     exact,
     implicit_hypergradient,
     neumann,
@@ -91,6 +92,10 @@ class HyperStepConfig:
             definite Hessian) or ``"exact"`` (dense solve, tiny networks only).
         neumann_steps: ``J``, products of the Neumann series (``J + 1`` terms), >= 0.
         neumann_alpha: ``alpha`` of the series, > 0 (it converges for ``alpha < 2 / lambda_max(H)``).
+        neumann_alpha_scale: ``c`` > 0 replaces ``neumann_alpha`` by ``c / |lambda_max(H)|``, estimated per
+            hyper step by ``power_iterations`` Hessian-vector products (power iteration); 0 = the fixed
+            ``neumann_alpha``, in [0, 2).
+        power_iterations: products of that power iteration, >= 1.
         neumann_tol: stop adding terms once the rest is estimated below this relative size (0 = all ``J``
             terms; 1e-4 keeps the sum within 1e-3 of all terms and usually needs one product), in [0, 1).
         cg_iterations: most CG iterations (= products), >= 0.
@@ -109,6 +114,8 @@ class HyperStepConfig:
     method: str = "neumann"
     neumann_steps: int = 5
     neumann_alpha: float = 1e-3
+    neumann_alpha_scale: float = 0.0
+    power_iterations: int = 10
     neumann_tol: float = 1e-4
     cg_iterations: int = 5
     cg_tol: float = 1e-10
@@ -122,6 +129,11 @@ class HyperStepConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         check_integer("neumann_steps", self.neumann_steps, 0)
         _number("neumann_alpha", self.neumann_alpha, lambda v: v > 0, "a number > 0")
+        _number(
+            "neumann_alpha_scale", self.neumann_alpha_scale, lambda v: 0 <= v < 2,
+            "a number in [0, 2) (0 = the fixed neumann_alpha)",
+        )  # fmt: skip
+        check_integer("power_iterations", self.power_iterations, 1)
         _number("neumann_tol", self.neumann_tol, lambda v: 0 <= v < 1, "a number in [0, 1) (0 = all J terms)")
         check_integer("cg_iterations", self.cg_iterations, 0)
         _number("cg_tol", self.cg_tol, lambda v: v >= 0, "a number >= 0")
@@ -137,6 +149,11 @@ class HyperStepConfig:
             return partial(conjugate_gradient, iterations=self.cg_iterations, tol=self.cg_tol)
         if self.method == "exact":
             return partial(exact, max_params=self.max_exact_params)
+        if self.neumann_alpha_scale > 0:
+            return partial(
+                curvature_scaled_neumann, scale=self.neumann_alpha_scale, steps=self.neumann_steps,
+                power_iterations=self.power_iterations, tol=self.neumann_tol,
+            )  # fmt: skip
         if self.neumann_tol > 0:
             return partial(
                 adaptive_neumann, alpha=self.neumann_alpha, steps=self.neumann_steps, tol=self.neumann_tol

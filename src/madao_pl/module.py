@@ -202,6 +202,8 @@ class MADAOModule(pl.LightningModule):
             "hyper/skipped": self.skipped_hyper_steps.float(),
             "hyper/steps": self.hyper_steps.float(),
         }
+        if result.info.alpha is not None:
+            metrics["hyper/neumann_alpha"] = result.info.alpha
         if hasattr(self.policy, "entropy"):
             metrics["policy/entropy"] = self.policy.entropy().detach()
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(labels))
