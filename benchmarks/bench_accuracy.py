@@ -71,11 +71,22 @@ LEVERS = {
         "augment.policy_optimizer.lr=0.1",
         "augment.hyper.direction_only=true",
     ],
+    "identity": ["augment.policy.identity=true"],
+    "identity_clean_lr0.1": ["augment.policy.identity=true", *CLEAN, "augment.policy_optimizer.lr=0.1"],
+    "curvature_alpha0.5_J20": [
+        "augment.hyper.neumann_alpha_scale=0.5",
+        "augment.hyper.neumann_steps=20",
+        "augment.hyper.neumann_tol=0",
+    ],
+    "damped_cg10": ["augment.hyper.method=cg", "augment.hyper.cg_iterations=10", "augment.hyper.damping=1.0"],
+    "s5_w10": ["augment.inner_steps=5", "augment.warmup_epochs=10"],
 }
 """Issue #12's levers, each a change to the defaults (the methods sweep holds the defaults and the paper's
 start): lever -> overrides. ``clean_lr0.1*``: the clean hypergradient with 10x the policy's learning rate, so
 that the few hyper steps of a digits run can move the policy and show where the hypergradient points, also
-normalised (``direction_only``)."""
+normalised (``direction_only``). ``identity*``: the 15th, "do nothing" choice. ``curvature_alpha0.5_J20``:
+``alpha = 0.5 / |lambda_max(H)|`` (power iteration) with 20 terms; ``damped_cg10``: 10 CG iterations on
+``H + I`` (``lambda_max`` is about 50 on digits after the warm-up); ``s5_w10``: 5x the hyper steps."""
 
 
 def run_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:

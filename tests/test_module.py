@@ -364,3 +364,24 @@ def test_sync_batchnorm_is_refused() -> None:
     net = nn.SyncBatchNorm.convert_sync_batchnorm(small_net())
     with pytest.raises(ValueError, match="sync_batchnorm=false"):
         MADAOModule(net, MADAOPolicy(), optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=2)
+
+
+def test_plots_of_a_policy_with_identity_stack_15_choices_and_rank_only_the_ops(
+    tmp_path, monkeypatch
+) -> None:
+    """Identity is in the stacked selection (15 bands) but not among the top ops of the parameter panel,
+    even when it is the most selected (it has no apply probability or magnitude to draw)."""
+    import madao_pl.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    policy = MADAOPolicy(num_stages=1, identity=True)
+    with torch.no_grad():
+        policy.logits[0, -1] = 3.0
+    points = [(0.0, policy.describe()["stages"]), (1.0, policy.describe()["stages"])]
+    plots.plot_policy_evolution(points, tmp_path / "e.png")
+    plots.plot_policy_parameters(points, tmp_path / "p.png", top_k=2)
+    evolution, parameters = (fig.axes[0] for fig in figures)
+    assert len(evolution.collections) == 15
+    assert not any(line.get_label().startswith("Identity") for line in parameters.lines)
+    assert len(parameters.lines) == 4  # two ops, apply and magnitude each

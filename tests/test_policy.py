@@ -16,6 +16,7 @@ from torchvision.transforms import AutoAugmentPolicy as TorchvisionAAPolicy
 import madao_pl.augment.stage as stage_module
 from madao_pl.augment import (
     AUTOAUGMENT_POLICIES,
+    IDENTITY,
     MAGNITUDE_OPS,
     OP_NAMES,
     OPERATIONS,
@@ -722,3 +723,66 @@ def test_a_policy_without_its_methods_says_which_subclass_misses_them():
         policy(images(2))
     with pytest.raises(NotImplementedError, match=r"Incomplete must implement describe\(\)"):
         policy.describe()
+
+
+# -------------------------------------------------------------------------------- MADAO: the Identity choice
+
+
+def identity_policy(identity_logit: float, **kwargs) -> MADAOPolicy:
+    """One stage, every op certain to apply, Identity's logit set apart from the 14 zeros."""
+    policy = MADAOPolicy(num_stages=1, identity=True, init_probability=20.0, **kwargs)
+    with torch.no_grad():
+        policy.logits[0, N_OPS] = identity_logit
+    return policy
+
+
+def test_identity_choice_is_a_15th_logit_described_last_with_apply_zero():
+    policy = identity_policy(math.log(3.0))  # selection odds 3 : 1 : ... : 1
+    assert policy.logits.shape == (1, N_OPS + 1) and policy.probability_raw.shape == (1, N_OPS)
+    assert policy.op_names == [*OP_NAMES, IDENTITY] and MADAOPolicy().op_names == list(OP_NAMES)
+    stage = policy.describe()["stages"][0]
+    assert list(stage) == [*OP_NAMES, IDENTITY]
+    assert stage[IDENTITY] == {"selection": pytest.approx(3 / (N_OPS + 3)), "apply": 0.0, "magnitude": None}
+    assert sum(v["selection"] for v in stage.values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="identity must be true or false"):
+        MADAOPolicy(identity="yes")
+
+
+@pytest.mark.parametrize("rao_samples", [1, 8])
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_samples_that_choose_identity_are_unchanged_and_the_others_are_not(rao_samples, relaxed):
+    """Identity drawn at its probability; those images exactly unchanged (the 14 ops always apply here, so
+    every other image changes); in relaxed draws Identity's logit gets a gradient, as any choice does."""
+    policy = identity_policy(math.log(3.0), rao_samples=rao_samples)
+    x = images(3000, size=6, seed=1)
+    with torch.set_grad_enabled(relaxed):
+        (stage,) = policy.sample(len(x), generator=gen(7), relaxed=relaxed)
+        out = apply_stage(x, *stage)
+    unchanged = (out == x).flatten(1).all(1)
+    assert_frequencies(unchanged.sum(), len(x), torch.tensor(3 / (N_OPS + 3)), "Identity")
+    assert bool((stage.apply_weight[unchanged] == 0).all()) and bool(
+        (stage.apply_weight[~unchanged] > 0.5).all()
+    )
+    assert int(stage.op_index.max()) < N_OPS  # apply_stage sees only real operations
+    if relaxed:
+        out.sum().backward()
+        assert float(policy.logits.grad[0, N_OPS].abs()) > 0
+
+
+def test_identity_policy_round_trips_through_json_and_replays_exactly(tmp_path):
+    policy = identity_policy(0.7)
+    with torch.no_grad():
+        policy.probability_raw.copy_(SKEWED_PROB_RAW[None])
+    path = tmp_path / "policy.json"
+    policy.save_json(path)
+    data = json.loads(path.read_text())
+    assert data["op_names"] == [*OP_NAMES, IDENTITY] and len(data["raw"]["logits"][0]) == N_OPS + 1
+    loaded, replay = MADAOPolicy.load_json(path), ReplayPolicy.from_json(path)
+    assert loaded.has_identity and replay.has_identity
+    assert torch.equal(loaded.logits, policy.logits) and torch.equal(replay.logits, policy.logits)
+    x = images(256, size=8)
+    with torch.no_grad():
+        expected = policy(x, generator=gen(9))
+    assert torch.equal(replay(x, generator=gen(9)), expected)
+    assert replay.describe()["stages"] == policy.describe()["stages"]
+    assert ReplayPolicy.initial(identity=True).has_identity

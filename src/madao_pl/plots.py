@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from madao_pl.augment import OP_NAMES, StageDescription, get_operation  # noqa: E402
+from madao_pl.augment import IDENTITY, StageDescription, get_operation  # noqa: E402
 
 __all__ = ["plot_policy_evolution", "plot_policy_parameters"]
 
@@ -57,7 +57,8 @@ def _frame(ax: plt.Axes, xs: list[float], warmup_epochs: float) -> None:
 
 
 def plot_policy_evolution(points: Points, path: Path, warmup_epochs: float = 0.0) -> None:
-    """Per stage, the 14 selection probabilities stacked against training progress (Figures 2 and 4).
+    """Per stage, the 14 (15 with Identity) selection probabilities stacked against training progress
+    (Figures 2 and 4).
 
     Args:
         points: ``(epochs, stages)`` in order, at least one.
@@ -69,7 +70,7 @@ def plot_policy_evolution(points: Points, path: Path, warmup_epochs: float = 0.0
     fig, axes = _axes(len(points[0][1]))
     for k, ax in enumerate(axes):
         lower = [0.0] * len(points)
-        for j, name in enumerate(OP_NAMES):
+        for j, name in enumerate(points[-1][1][k]):
             upper = [
                 low + stages[k][name]["selection"] for low, (_, stages) in zip(lower, points, strict=True)
             ]
@@ -98,7 +99,8 @@ def plot_policy_parameters(points: Points, path: Path, top_k: int = 3, warmup_ep
     xs, final = [x for x, _ in points], points[-1][1]
     fig, axes = _axes(len(final))
     for k, ax in enumerate(axes):
-        ranked = sorted(OP_NAMES, key=lambda name: final[k][name]["selection"], reverse=True)[:top_k]
+        ops = [name for name in final[k] if name != IDENTITY]  # Identity has no apply or magnitude
+        ranked = sorted(ops, key=lambda name: final[k][name]["selection"], reverse=True)[:top_k]
         drawn: list[float] = []
         for j, name in enumerate(ranked):
             color = plt.get_cmap("tab10")(j)

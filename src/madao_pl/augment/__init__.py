@@ -13,7 +13,7 @@
 """
 
 from madao_pl.augment.autoaugment_tables import AUTOAUGMENT_POLICIES
-from madao_pl.augment.base import Policy, StageDescription, describe_stage
+from madao_pl.augment.base import IDENTITY, Policy, StageDescription, describe_stage
 from madao_pl.augment.baselines import (
     AutoAugmentPolicy,
     IdentityPolicy,
@@ -35,6 +35,7 @@ from madao_pl.augment.stage import (
 
 __all__ = [
     "AUTOAUGMENT_POLICIES",
+    "IDENTITY",
     "MAGNITUDE_OPS",
     "OPERATIONS",
     "OP_NAMES",

@@ -29,7 +29,10 @@ from torch import Tensor, nn
 from madao_pl.augment.ops import OP_NAMES, OPERATIONS
 from madao_pl.augment.stage import StageSample, apply_stage, check_images, check_value_range
 
-__all__ = ["Policy", "StageDescription", "describe_stage"]
+__all__ = ["IDENTITY", "Policy", "StageDescription", "describe_stage"]
+
+IDENTITY = "Identity"
+"""The optional "do nothing" selection choice of MADAO policies (described after the 14 ops)."""
 
 StageDescription = dict[str, dict[str, float | None]]
 """One stage in the description schema: ``{op name: {"selection", "apply", "magnitude"}}`` (see
@@ -37,7 +40,7 @@ StageDescription = dict[str, dict[str, float | None]]
 
 
 def describe_stage(
-    selection: Sequence[float], apply: Sequence[float], magnitude: Sequence[float]
+    selection: Sequence[float], apply: Sequence[float], magnitude: Sequence[float], identity: bool = False
 ) -> StageDescription:
     """One stage in the description schema: ``{op name: {"selection", "apply", "magnitude"}}``.
 
@@ -48,14 +51,20 @@ def describe_stage(
     - ``"magnitude"``: its magnitude mu in ``[0, 1]``, or ``None`` for the operations without one
       (Invert, AutoContrast, Equalize).
 
+    A policy with the "do nothing" choice adds :data:`IDENTITY` last: its selection probability, apply 0 (it
+    never changes an image, so ``sum selection x apply`` stays the chance that the stage changes one) and
+    magnitude ``None``.
+
     Args:
-        selection: 14 selection probabilities, in ``OP_NAMES`` order.
+        selection: 14 selection probabilities, in ``OP_NAMES`` order (then Identity's, with ``identity``).
         apply: 14 apply probabilities, in ``OP_NAMES`` order.
         magnitude: 14 magnitudes on the full op table, in ``OP_NAMES`` order (the entries of ops without
             a magnitude are ignored).
+        identity: whether ``selection`` has the Identity choice's entry last.
 
     Returns:
-        ``{name: {"selection": float, "apply": float, "magnitude": float | None}}`` for the 14 ops.
+        ``{name: {"selection": float, "apply": float, "magnitude": float | None}}`` for the 14 ops
+        (and Identity).
     """
     stage = {}
     for i, name in enumerate(OP_NAMES):
@@ -65,6 +74,8 @@ def describe_stage(
             "apply": float(apply[i]),
             "magnitude": float(magnitude[i]) if has_magnitude else None,
         }
+    if identity:
+        stage[IDENTITY] = {"selection": float(selection[len(OP_NAMES)]), "apply": 0.0, "magnitude": None}
     return stage
 
 

@@ -5,6 +5,10 @@
   so a loss on the output has gradients to all 78 parameters (K = 2).
 - :class:`ReplayPolicy`: the values of a learned MADAO policy, frozen (buffers), to train a new model.
 
+Either may have a 15th selection choice, :data:`IDENTITY` (``MADAOPolicy(identity=True)``): "leave the image
+as it is", so the selection can put its mass on doing nothing (torchvision's RandAugment and TrivialAugment
+have it). It has no apply probability or magnitude; its apply weight is 0.
+
 Both draw their stages the same way (:meth:`MADAOPolicy.sample_stage`), so with the same generator state
 a replay gives exactly what the learned policy gives under ``no_grad``.
 
@@ -16,8 +20,8 @@ Policy JSON (:meth:`MADAOPolicy.to_dict`, written by :meth:`MADAOPolicy.save_jso
         "policy": "madao" (or "replay"), "num_stages": K,
         "temperature": tau, "bernoulli_temperature": tau_b, "eps": eps,
         "dtype": "float32",                      # dtype of the raw values
-        "op_names": [...14], "magnitude_ops": [...11],   # the op table the values refer to
-        "raw": {"logits": K x 14, "probability_raw": K x 14, "magnitude_raw": K x 11},
+        "op_names": [...14] (+ "Identity"), "magnitude_ops": [...11],   # the op table the values refer to
+        "raw": {"logits": K x 14 (15), "probability_raw": K x 14, "magnitude_raw": K x 11},
         "describe": {...}                        # Policy.describe(), for humans; not read back
     }
 
@@ -34,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from madao_pl.augment.base import Policy, describe_stage
+from madao_pl.augment.base import IDENTITY, Policy, describe_stage
 from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS
 from madao_pl.augment.stage import (
     StageSample,
@@ -58,8 +62,9 @@ def _magnitude_op_indices() -> list[int]:
 
 
 class _CategoricalPolicy(Policy):
-    """Shared sampling of MADAO-style stages from ``logits`` (K, 14), ``probability_raw`` (K, 14),
-    ``magnitude_raw`` (K, 11); subclasses hold them as parameters (MADAO) or buffers (replay)."""
+    """Shared sampling of MADAO-style stages from ``logits`` (K, 14, or 15 with :data:`IDENTITY` last),
+    ``probability_raw`` (K, 14), ``magnitude_raw`` (K, 11); subclasses hold them as parameters (MADAO) or
+    buffers (replay)."""
 
     name: ClassVar[str] = "madao"
     logits: Tensor
@@ -100,16 +105,35 @@ class _CategoricalPolicy(Policy):
         """Number of stages K (the first dimension of the logits)."""
         return self.logits.shape[0]
 
+    @property
+    def has_identity(self) -> bool:
+        """Whether the selection has the :data:`IDENTITY` choice (a 15th logit)."""
+        return self.logits.shape[-1] == len(OPERATIONS) + 1
+
+    @property
+    def op_names(self) -> list[str]:
+        """The selection's choices, in logit order: ``OP_NAMES`` (then :data:`IDENTITY`)."""
+        return [*OP_NAMES, IDENTITY] if self.has_identity else list(OP_NAMES)
+
+    def _without_identity(self, op_index: Tensor, apply_weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Samples that chose :data:`IDENTITY` get operation 0 and apply weight 0 (so their image is
+        unchanged and the operation sends them no gradient); the others are returned as they are."""
+        if not self.has_identity:
+            return op_index, apply_weight
+        chosen = op_index < len(OPERATIONS)
+        return torch.where(chosen, op_index, 0), apply_weight * chosen.to(apply_weight.dtype)
+
     def extra_repr(self) -> str:
         return (
             f"num_stages={self.num_stages}, temperature={self.temperature}, "
-            f"bernoulli_temperature={self.bernoulli_temperature}, rao_samples={self.rao_samples}"
+            f"bernoulli_temperature={self.bernoulli_temperature}, rao_samples={self.rao_samples}, "
+            f"identity={self.has_identity}"
         )
 
     # -- readable values -------------------------------------------------------------------------------
 
     def selection_probabilities(self) -> Tensor:
-        """``(K, 14)`` softmax of the selection logits, per stage (keeps the graph)."""
+        """``(K, 14)`` (15 with :data:`IDENTITY`) softmax of the selection logits, per stage (with graph)."""
         return torch.softmax(self.logits, dim=-1)
 
     def apply_probabilities(self) -> Tensor:
@@ -140,7 +164,10 @@ class _CategoricalPolicy(Policy):
         return {
             "policy": self.name,
             "num_stages": self.num_stages,
-            "stages": [describe_stage(selection[k], apply[k], magnitude[k]) for k in range(self.num_stages)],
+            "stages": [
+                describe_stage(selection[k], apply[k], magnitude[k], identity=self.has_identity)
+                for k in range(self.num_stages)
+            ],
         }
 
     # -- sampling --------------------------------------------------------------------------------------
@@ -161,7 +188,8 @@ class _CategoricalPolicy(Policy):
     ) -> StageSample:
         """Draw stage ``stage`` for ``batch_size`` samples (paper eq. 7-10).
 
-        One float32 uniform draw of shape ``(B, 16)`` feeds the Gumbel noise ``g`` (14 columns), the
+        One float32 uniform draw of shape ``(B, n + 2)`` feeds the Gumbel noise ``g`` (``n`` = 14 columns, 15
+        with :data:`IDENTITY`), the
         Bernoulli's logistic noise ``l`` and the sign coin, so the relaxed and the hard path make the
         same discrete choices from the same generator state:
 
@@ -172,8 +200,9 @@ class _CategoricalPolicy(Policy):
           ``exp(log u_{n,i} - stopgrad(log u_{n,i}))``: exactly 1 in value, gradient
           ``(onehot(i_n) - u_n) / tau`` to the logits.
 
-        With ``rao_samples > 1`` the relaxed draw averages these gradients over more noise draws given the
-        same choices (:meth:`_rao_blackwellised`).
+        A sample that chose :data:`IDENTITY` is left unchanged (apply weight 0); its selection still gets
+        the straight-through gradient. With ``rao_samples > 1`` the relaxed draw averages these gradients
+        over more noise draws given the same choices (:meth:`_rao_blackwellised`).
 
         Args:
             batch_size: B.
@@ -192,7 +221,7 @@ class _CategoricalPolicy(Policy):
         device = torch.device(device) if device is not None else self.logits.device
         generator = generator if generator is not None else self.generator
         relaxed = self._relaxed_by_default() if relaxed is None else relaxed
-        num_ops = len(OPERATIONS)
+        num_ops = self.logits.shape[-1]
         dtype = self.logits.dtype
 
         noise = draw_uniform((batch_size, num_ops + 2), generator, device)
@@ -212,15 +241,16 @@ class _CategoricalPolicy(Policy):
             op_index = log_u.argmax(dim=-1)
             log_u_i = log_u.gather(1, op_index[:, None]).squeeze(1)
             scale = torch.exp(log_u_i - log_u_i.detach())
+            op_index, keep = self._without_identity(op_index, torch.ones_like(scale))
             z = torch.logit(probability[op_index]) + logistic
-            apply_weight = torch.sigmoid(z / self.bernoulli_temperature)
+            apply_weight = torch.sigmoid(z / self.bernoulli_temperature) * keep
             centered = self.centered_selection
             return StageSample(op_index, apply_weight, magnitude_full[op_index], sign, scale, centered)
 
         with torch.no_grad():
-            op_index = (logits + gumbels).argmax(dim=-1)
+            op_index, keep = self._without_identity((logits + gumbels).argmax(dim=-1), logistic.new_ones(()))
             z = torch.logit(probability[op_index]) + logistic
-            apply_weight = (z > 0).to(dtype)
+            apply_weight = (z > 0).to(dtype) * keep
             return StageSample(op_index, apply_weight, magnitude_full[op_index], sign)
 
     def _rao_blackwellised(
@@ -242,21 +272,22 @@ class _CategoricalPolicy(Policy):
         conditional expectation given the choices, estimated with S draws). The extra draws come after this
         stage's own, so the next stage's draws differ from ``rao_samples=1``'s.
         """
-        num_ops = len(OPERATIONS)
+        num_ops = logits.shape[-1]
         extra = draw_uniform((self.rao_samples - 1, batch_size, num_ops + 2), generator, device)
         with torch.no_grad():
-            op_index = (logits + gumbels).argmax(dim=-1)
+            choice = (logits + gumbels).argmax(dim=-1)
+            op_index, keep = self._without_identity(choice, logistic.new_ones(()))
             logit_p = torch.logit(probability[op_index])
             hard = (logit_p + logistic > 0).to(logits.dtype)
-            given = conditional_gumbels(logits, op_index, extra[..., : num_ops + 1])
+            given = conditional_gumbels(logits, choice, extra[..., : num_ops + 1])
             noise = torch.cat([gumbels[None], given])
             levels = torch.cat([logistic[None], conditional_logistic(logit_p, hard, extra[..., num_ops + 1])])
         log_u = torch.log_softmax((logits + noise) / self.temperature, dim=-1)
-        mean_log_u = log_u.gather(2, op_index.view(1, -1, 1).expand(len(noise), -1, 1)).squeeze(2).mean(0)
+        mean_log_u = log_u.gather(2, choice.view(1, -1, 1).expand(len(noise), -1, 1)).squeeze(2).mean(0)
         scale = torch.exp(mean_log_u - mean_log_u.detach())
         relaxed = torch.sigmoid((torch.logit(probability[op_index]) + levels) / self.bernoulli_temperature)
         mean_relaxed = relaxed.mean(0)
-        apply_weight = hard + (mean_relaxed - mean_relaxed.detach())
+        apply_weight = (hard + (mean_relaxed - mean_relaxed.detach())) * keep
         centered = self.centered_selection
         return StageSample(op_index, apply_weight, magnitude_full[op_index], sign, scale, centered)
 
@@ -288,7 +319,7 @@ class _CategoricalPolicy(Policy):
             "bernoulli_temperature": self.bernoulli_temperature,
             "eps": self.eps,
             "dtype": str(self.logits.dtype).removeprefix("torch."),
-            "op_names": list(OP_NAMES),
+            "op_names": self.op_names,
             "magnitude_ops": list(MAGNITUDE_OPS),
             "raw": raw,
             "describe": self.describe(),
@@ -306,7 +337,10 @@ class _CategoricalPolicy(Policy):
             raise ValueError(
                 f"saved policy has format version {data.get('version')}, this code reads {_FORMAT_VERSION}"
             )
-        if list(data["op_names"]) != list(OP_NAMES) or list(data["magnitude_ops"]) != list(MAGNITUDE_OPS):
+        op_names = list(data["op_names"])
+        if op_names not in (list(OP_NAMES), [*OP_NAMES, IDENTITY]) or list(data["magnitude_ops"]) != list(
+            MAGNITUDE_OPS
+        ):
             raise ValueError(
                 "the saved policy refers to another operation table: saved "
                 f"{data['op_names']} (magnitude ops {data['magnitude_ops']}), current {list(OP_NAMES)} "
@@ -315,7 +349,7 @@ class _CategoricalPolicy(Policy):
         dtype = getattr(torch, data.get("dtype", "float32"))
         k = int(data["num_stages"])
         expected = {
-            "logits": (k, len(OP_NAMES)),
+            "logits": (k, len(op_names)),
             "probability_raw": (k, len(OP_NAMES)),
             "magnitude_raw": (k, len(MAGNITUDE_OPS)),
         }
@@ -364,6 +398,8 @@ class MADAOPolicy(_CategoricalPolicy):
         centered_selection: the straight-through factor multiplies only the change each stage makes
             (:func:`~madao_pl.augment.stage.apply_stage`), so samples left unchanged send the selection no
             gradient (False: the paper's, factor on the whole output).
+        identity: add the :data:`IDENTITY` choice (one more logit per stage, starting as likely as each
+            op), so the policy can learn to leave images alone (False: the paper's 14 ops).
     """
 
     def __init__(
@@ -376,11 +412,14 @@ class MADAOPolicy(_CategoricalPolicy):
         eps: float = 1e-6,
         rao_samples: int = 1,
         centered_selection: bool = False,
+        identity: bool = False,
     ) -> None:
         super().__init__(temperature, bernoulli_temperature, eps, rao_samples, centered_selection)
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
-        self.logits = nn.Parameter(torch.zeros(num_stages, len(OP_NAMES)))
+        if not isinstance(identity, bool):
+            raise ValueError(f"identity must be true or false, got {identity!r}")
+        self.logits = nn.Parameter(torch.zeros(num_stages, len(OP_NAMES) + int(identity)))
         self.probability_raw = nn.Parameter(torch.full((num_stages, len(OP_NAMES)), float(init_probability)))
         self.magnitude_raw = nn.Parameter(torch.full((num_stages, len(MAGNITUDE_OPS)), float(init_magnitude)))
 
@@ -388,7 +427,8 @@ class MADAOPolicy(_CategoricalPolicy):
     def from_dict(cls, data: dict[str, Any]) -> MADAOPolicy:
         """Rebuild a trainable policy from :meth:`to_dict` output (exact raw values, same dtype)."""
         tensors, settings = cls._parse_dict(data)
-        policy = cls(num_stages=tensors["logits"].shape[0], **settings)
+        logits = tensors["logits"]
+        policy = cls(num_stages=logits.shape[0], identity=logits.shape[1] > len(OP_NAMES), **settings)
         with torch.no_grad():
             for key, value in tensors.items():
                 getattr(policy, key).data = value.clone()
@@ -407,8 +447,9 @@ class MADAOPolicy(_CategoricalPolicy):
 
 class ReplayPolicy(_CategoricalPolicy):
     """A learned MADAO policy replayed with fixed values (buffers, no parameters), for training a new
-    model with it. Always draws hard (:meth:`MADAOPolicy.sample_stage` with ``relaxed=False``), so with
-    the same generator state it gives exactly what the MADAO policy gives under ``no_grad``.
+    model with it (15 logits per stage: with the :data:`IDENTITY` choice). Always draws hard
+    (:meth:`MADAOPolicy.sample_stage` with ``relaxed=False``), so with the same generator state it gives
+    exactly what the MADAO policy gives under ``no_grad``.
 
     Build it with :meth:`from_json` / :meth:`from_dict` or :meth:`MADAOPolicy.freeze`.
     """
@@ -426,8 +467,9 @@ class ReplayPolicy(_CategoricalPolicy):
     ) -> None:
         super().__init__(temperature, bernoulli_temperature, eps)
         k = logits.shape[0]
+        with_identity = logits.dim() == 2 and logits.shape[1] == len(OP_NAMES) + 1
         for key, value, width in (
-            ("logits", logits, len(OP_NAMES)),
+            ("logits", logits, len(OP_NAMES) + int(with_identity)),
             ("probability_raw", probability_raw, len(OP_NAMES)),
             ("magnitude_raw", magnitude_raw, len(MAGNITUDE_OPS)),
         ):
