@@ -305,12 +305,17 @@ def test_every_hyper_step_reaches_the_csv_log_once_whatever_log_every_n_steps(
     tiny_cfg, tmp_path: Path
 ) -> None:
     """log_every_n_steps=50 (more than the whole run): metrics.csv still has one policy row per hyper step,
-    the initial policy included, at the loggers' step (training batches), with the hyper_step axis."""
+    the initial policy included, and one hyper/* row per hyper step, at the loggers' step (training
+    batches), with the hyper_step axis."""
     results = train(tiny_cfg("trainer.log_every_n_steps=50", "trainer.max_epochs=2"))
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     policy_rows = [r for r in rows if r.get("policy/stage0/Invert/apply")]
     steps = [int(float(r["hyper_step"])) for r in policy_rows]
     assert results["hyper_steps"] >= 2 and steps == list(range(results["hyper_steps"] + 1))
+    hyper_rows = [r for r in rows if r.get("hyper/val_loss")]
+    assert [int(float(r["hyper_step"])) for r in hyper_rows] == list(range(1, results["hyper_steps"] + 1))
+    assert [r["step"] for r in hyper_rows] == [r["step"] for r in policy_rows[1:]]
+    assert all(r["hyper/grad_norm"] and r["policy/entropy"] for r in hyper_rows)
     history = list(csv.DictReader((tmp_path / "policy_history.csv").open()))
     last = [r for r in history if int(r["hyper_step"]) == results["hyper_steps"]]
     assert int(policy_rows[-1]["step"]) == int(last[0]["global_step"]) <= results["global_steps"]

@@ -385,3 +385,28 @@ def test_plots_of_a_policy_with_identity_stack_15_choices_and_rank_only_the_ops(
     assert len(evolution.collections) == 15
     assert not any(line.get_label().startswith("Identity") for line in parameters.lines)
     assert len(parameters.lines) == 4  # two ops, apply and magnitude each
+
+
+def test_legend_units_say_what_each_op_does_at_that_magnitude() -> None:
+    """The legend's own-unit texts agree with the ops: Solarize's threshold, Posterize's bits, the blend
+    factors, Rotate's degrees."""
+    from madao_pl.augment import get_operation
+    from madao_pl.plots import UNITS
+
+    def op(name, x, mu, sign=1.0):
+        return get_operation(name).fn(x, torch.tensor([mu]), torch.tensor([sign]))
+
+    assert UNITS["Solarize"]("Solarize", 0.5) == "8-bit threshold 128"
+    levels = torch.tensor([127.0, 128.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2) / 255
+    assert torch.allclose(op("Solarize", levels, 0.5)[0, 0, 0], torch.tensor([127.0, 127.0]) / 255)
+    assert UNITS["Posterize"]("Posterize", 0.5) == "6 bits kept"
+    every_level = (torch.arange(256.0) / 255).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    kept = torch.round(op("Posterize", every_level, 0.5) * 255).unique()
+    assert len(kept) == 2**6 and bool((kept % 4 == 0).all())
+    assert UNITS["Contrast"]("Contrast", 0.3) == "factor 0.70 or 1.30"
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    gray_mean = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean()
+    assert torch.allclose(
+        op("Contrast", x, 0.3, -1.0), (gray_mean + 0.7 * (x - gray_mean)).clamp(0, 1), atol=1e-6
+    )
+    assert UNITS["Rotate"]("Rotate", 0.57) == "17.1 deg"

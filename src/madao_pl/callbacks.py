@@ -21,6 +21,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
 from madao_pl.augment import Policy, StageDescription
+from madao_pl.loggers import log_to_every_logger, logger_step
 from madao_pl.plots import plot_policy_evolution, plot_policy_parameters
 
 HISTORY_FIELDS = (
@@ -88,12 +89,6 @@ class WarmupCallback(pl.Callback):
                 "epochs (augment.warmup_epochs) or more epochs (dataset.epochs).",
                 category=UserWarning,
             )
-
-
-def logger_step(trainer: pl.Trainer) -> int:
-    """The step the loggers plot against: training batches taken (``trainer.global_step`` also counts the
-    policy optimiser's steps)."""
-    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
 
 
 def _current_names(values: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +163,7 @@ class PolicyHistoryCallback(pl.Callback):
                 if define is not None:  # a disabled run has no define_metric
                     define("hyper_step")
                     define("policy/*", step_metric="hyper_step")
+                    define("hyper/*", step_metric="hyper_step")
         warmups = [c.warmup_epochs for c in trainer.callbacks if isinstance(c, WarmupCallback)]
         self._warmup_epochs = float(warmups[0]) if warmups else 0.0
         if self._seen_hyper_steps < 0:
@@ -187,16 +183,13 @@ class PolicyHistoryCallback(pl.Callback):
     def _log(self, trainer: pl.Trainer, snapshot: list[StageDescription]) -> None:
         """One row per hyper step to every logger, straight through ``log_metrics`` (not Lightning's
         ``log_every_n_steps`` throttle): ``hyper_step`` and ``policy/stage<k>/<op>/<value>``."""
-        if not trainer.is_global_zero:
-            return
         metrics: dict[str, float] = {"hyper_step": float(self._seen_hyper_steps)}
         for k, ops in enumerate(snapshot):
             for name, values in ops.items():
                 for key, value in values.items():
                     if value is not None:
                         metrics[f"policy/stage{k}/{name}/{key}"] = value
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=logger_step(trainer))
+        log_to_every_logger(trainer, metrics)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if not pl_module.learns_policy:

@@ -1,4 +1,8 @@
-"""A CSV logger that never loses rows written by another process.
+"""Logging helpers: one row per hyper step to every logger, and a CSV logger that never loses rows.
+
+`log_to_every_logger` sends a row straight to each logger's ``log_metrics`` at the step they plot against
+(`logger_step`): hyper steps come every ``inner_steps`` batches, and Lightning's ``self.log`` would keep
+only those that fall on a ``log_every_n_steps`` boundary.
 
 Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts, and rewrites the file
 with only the columns its own process has seen when new ones appear. Both lose work here: a run
@@ -10,10 +14,25 @@ phase wrote. `CSVLogger` keeps the file and merges the header instead.
 from __future__ import annotations
 
 import csv
+from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+
+def logger_step(trainer: pl.Trainer) -> int:
+    """The step the loggers plot against: training batches taken (``trainer.global_step`` also counts the
+    policy optimiser's steps)."""
+    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
+def log_to_every_logger(trainer: pl.Trainer, metrics: dict[str, Any]) -> None:
+    """``metrics`` to every logger of ``trainer`` once, from global rank 0, at :func:`logger_step`."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=logger_step(trainer))
 
 
 class AppendingExperimentWriter(ExperimentWriter):

@@ -32,6 +32,7 @@ from madao_pl.hyperstep import (
     hyper_step,
     trainable_parameters,
 )
+from madao_pl.loggers import log_to_every_logger
 from madao_pl.rng import get_rng_states, rank_generator, set_rng_states
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -196,17 +197,18 @@ class MADAOModule(pl.LightningModule):
                 stacklevel=2,
             )
         metrics = {
-            "hyper/val_loss": result.val_loss,
-            "hyper/grad_norm": hypergrad.norm() if finite else torch.tensor(float("nan")),
+            "hyper_step": float(self.hyper_steps),
+            "hyper/val_loss": float(result.val_loss),
+            "hyper/grad_norm": float(hypergrad.norm()) if finite else float("nan"),
             "hyper/hvps": float(result.info.hvps),
-            "hyper/skipped": self.skipped_hyper_steps.float(),
-            "hyper/steps": self.hyper_steps.float(),
+            "hyper/skipped": float(self.skipped_hyper_steps),
+            "hyper/steps": float(self.hyper_steps),
         }
         if result.info.alpha is not None:
             metrics["hyper/neumann_alpha"] = result.info.alpha
         if hasattr(self.policy, "entropy"):
-            metrics["policy/entropy"] = self.policy.entropy().detach()
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(labels))
+            metrics["policy/entropy"] = float(self.policy.entropy())
+        log_to_every_logger(self.trainer, metrics)  # every hyper step, whatever log_every_n_steps is
         return result.train_loss
 
     def _hyper_loader(self) -> Iterable[Any]:

@@ -10,6 +10,7 @@ loggers. They write a PNG and return nothing; matplotlib runs on its non-interac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -18,25 +19,40 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from madao_pl.augment import IDENTITY, StageDescription, get_operation  # noqa: E402
+from madao_pl.augment.ops import BLEND_MAX, POSTERIZE_MAX_BITS, SOLARIZE_MAX  # noqa: E402
 
 __all__ = ["plot_policy_evolution", "plot_policy_parameters"]
 
 Points = list[tuple[float, list[StageDescription]]]
-UNITS = {
-    "ShearX": "shear",
-    "ShearY": "shear",
-    "TranslateX": "x size",
-    "TranslateY": "x size",
-    "Rotate": "deg",
+
+
+def _scaled(unit: str) -> Callable[[str, float], str]:
+    return lambda name, mu: f"{mu * get_operation(name).max_value:.3g} {unit}"
+
+
+UNITS: dict[str, Callable[[str, float], str]] = {
+    "ShearX": _scaled("shear"),
+    "ShearY": _scaled("shear"),
+    "TranslateX": _scaled("x size"),
+    "TranslateY": _scaled("x size"),
+    "Rotate": _scaled("deg"),
+    "Solarize": lambda name, mu: f"8-bit threshold {SOLARIZE_MAX * (1 - mu):.0f}",
+    "Posterize": lambda name, mu: f"{8 - round(POSTERIZE_MAX_BITS * mu)} bits kept",
+    **{
+        name: lambda name, mu: f"factor {1 - BLEND_MAX * mu:.2f} or {1 + BLEND_MAX * mu:.2f}"
+        for name in ("Color", "Contrast", "Brightness", "Sharpness")
+    },
 }
-"""Ops whose magnitude reads better in their own unit (mu x the op's ``max_value``), in the legend."""
+"""Magnitude ``mu`` in each op's own terms (see :mod:`madao_pl.augment.ops`), for the legend: Rotate
+0.57 = 17.1 deg, Solarize 0.5 = 8-bit threshold 128, Posterize 0.5 = 6 bits kept, Contrast 0.3 = factor 0.70
+or 1.30 (the sign is drawn per image)."""
 
 
 def _label(name: str, key: str, value: float) -> str:
-    """Legend entry; a magnitude of :data:`UNITS` also in the op's unit at its last value."""
+    """Legend entry; a magnitude also in the op's own terms (:data:`UNITS`) at its last value."""
     if key != "magnitude" or name not in UNITS:
         return f"{name} {key}"
-    return f"{name} {key} (end {value:.2f} = {value * get_operation(name).max_value:.3g} {UNITS[name]})"
+    return f"{name} {key} (end {value:.2f} = {UNITS[name](name, value)})"
 
 
 def _axes(num_stages: int) -> tuple[plt.Figure, list[plt.Axes]]:
