@@ -190,6 +190,25 @@ def test_tiny_madao_fit_writes_every_output_and_replay_reproduces_it(tiny_cfg, t
     assert replay_results["policy"]["stages"] == results["policy"]["stages"]
 
 
+def test_class_conditional_madao_fits_names_its_classes_and_replays(tiny_cfg, tmp_path: Path) -> None:
+    """augment=madao_class on digits: one policy per digit "0".."9" in policy.json, the class heat map,
+    per-class scalars in the CSV (10 classes <= 20), and augment=replay retrains with it (labels given)."""
+    results = train(tiny_cfg("augment=madao_class"))
+    assert results["hyper_steps"] > 0 and results["policy"]["num_classes"] == 10
+    saved = json.loads((tmp_path / "policy.json").read_text())
+    assert list(saved["classes"]) == [str(c) for c in range(10)]
+    assert saved["classes"]["3"] != saved["describe"]["stages"]  # the offsets moved
+    assert (tmp_path / "policy_classes.png").stat().st_size > 0
+    (metrics_csv,) = (tmp_path / "csv").rglob("metrics.csv")
+    assert "policy/class/7/Invert/use" in metrics_csv.read_text().splitlines()[0]
+    replay = train(
+        compose_config(
+            tmp_path / "replay", *TINY, "augment=replay", f"augment.path={tmp_path / 'policy.json'}"
+        )
+    )
+    assert replay["hyper_steps"] == 0 and replay["policy"]["num_classes"] == 10
+
+
 def test_wandb_disabled_fit_logs_policy_keys(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     from pytorch_lightning.loggers import WandbLogger
 
@@ -399,7 +418,7 @@ def test_cli_failed_run_says_one_line_and_keeps_it_in_run_log(tmp_path: Path) ->
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert lines == [
         "error: augment=_common is a shared file, not a choice: pick one of autoaugment, baseline, madao, "
-        "madao_initial, madao_paper, randaugment, replay, trivialaugment"
+        "madao_class, madao_initial, madao_paper, randaugment, replay, trivialaugment"
     ]
     assert lines[0] in (tmp_path / "run" / "run.log").read_text()
 

@@ -370,9 +370,11 @@ class ImpurePolicy(MADAOPolicy):
         super().__init__()
         self.private = torch.Generator().manual_seed(0)
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self, images: Tensor, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
         noise = torch.rand(images.shape, generator=self.private, dtype=images.dtype)
-        return super().forward(images, generator=generator) + 1e-3 * noise
+        return super().forward(images, generator=generator, labels=labels) + 1e-3 * noise
 
 
 def test_recompute_refuses_an_augmentation_it_cannot_replay():

@@ -177,7 +177,7 @@ def test_warmup_means_no_augmentation(tmp_path) -> None:
     calls = []
 
     class Spy(IdentityPolicy):
-        def forward(self, images, generator=None):
+        def forward(self, images, generator=None, labels=None):
             calls.append(len(images))
             return images
 

@@ -5,7 +5,10 @@ operation), logs every op's selection probability, apply probability and magnitu
 configured loggers after each hyper step (``policy/stage{k}/{op}/{selection|apply|magnitude}``),
 and draws ``policy_evolution.png`` (selection probabilities stacked over epochs, like the
 paper's Figures 2 and 4) and ``policy_parameters.png`` (apply probability and magnitude of the
-most selected ops, like Figure 5) at each epoch end, with `madao_pl.plots`. The values are the
+most selected ops, like Figure 5) at each epoch end, with `madao_pl.plots`; for a class-conditional policy
+also ``policy_classes.png`` (class x op effective use) and, when it has at most
+:data:`MAX_CLASS_SERIES` classes, per-class values to the loggers
+(``policy/class/<name>/<op>/use``: selection x apply summed over stages). The values are the
 policy's own `Policy.describe()` (the schema of `madao_pl.augment.describe_stage`), so the CSV
 columns and metric names are the schema's keys.
 """
@@ -22,7 +25,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from madao_pl.augment import Policy, StageDescription
 from madao_pl.loggers import log_to_every_logger, logger_step
-from madao_pl.plots import plot_policy_evolution, plot_policy_parameters
+from madao_pl.plots import effective_use, plot_policy_classes, plot_policy_evolution, plot_policy_parameters
 
 HISTORY_FIELDS = (
     "hyper_step",
@@ -89,6 +92,24 @@ class WarmupCallback(pl.Callback):
                 "epochs (augment.warmup_epochs) or more epochs (dataset.epochs).",
                 category=UserWarning,
             )
+
+
+MAX_CLASS_SERIES = 20
+"""Class-conditional policies with more classes log no per-class scalars (only the heat map)."""
+
+
+def _class_metrics(policy: Any) -> dict[str, float]:
+    """``policy/class/<name>/<op>/use`` for a class-conditional policy of at most :data:`MAX_CLASS_SERIES`
+    classes (the expected number of times a stage applies the op to an image of the class), else ``{}``."""
+    if not 0 < getattr(policy, "num_classes", 0) <= MAX_CLASS_SERIES:
+        return {}
+    metrics: dict[str, float] = {}
+    for name, stages in policy.describe_classes().items():
+        for stage in stages:
+            for op, use in effective_use(stage).items():
+                key = f"policy/class/{name}/{op}/use"
+                metrics[key] = metrics.get(key, 0.0) + use
+    return metrics
 
 
 def _current_names(values: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +188,9 @@ class PolicyHistoryCallback(pl.Callback):
         warmups = [c.warmup_epochs for c in trainer.callbacks if isinstance(c, WarmupCallback)]
         self._warmup_epochs = float(warmups[0]) if warmups else 0.0
         if self._seen_hyper_steps < 0:
-            self._log(trainer, self._record(trainer, pl_module, float(trainer.current_epoch)))
+            self._log(
+                trainer, self._record(trainer, pl_module, float(trainer.current_epoch)), pl_module.policy
+            )
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -178,9 +201,9 @@ class PolicyHistoryCallback(pl.Callback):
         done = (batch_idx + 1) / per_epoch if isinstance(per_epoch, int) and per_epoch > 0 else 1.0
         snapshot = self._record(trainer, pl_module, trainer.current_epoch + done)
         if self._seen_hyper_steps % self.log_every == 0:
-            self._log(trainer, snapshot)
+            self._log(trainer, snapshot, pl_module.policy)
 
-    def _log(self, trainer: pl.Trainer, snapshot: list[StageDescription]) -> None:
+    def _log(self, trainer: pl.Trainer, snapshot: list[StageDescription], policy: Policy) -> None:
         """One row per hyper step to every logger, straight through ``log_metrics`` (not Lightning's
         ``log_every_n_steps`` throttle): ``hyper_step`` and ``policy/stage<k>/<op>/<value>``."""
         metrics: dict[str, float] = {"hyper_step": float(self._seen_hyper_steps)}
@@ -189,6 +212,7 @@ class PolicyHistoryCallback(pl.Callback):
                 for key, value in values.items():
                     if value is not None:
                         metrics[f"policy/stage{k}/{name}/{key}"] = value
+        metrics.update(_class_metrics(policy))
         log_to_every_logger(trainer, metrics)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -206,8 +230,8 @@ class PolicyHistoryCallback(pl.Callback):
                 pl_module.policy.save_json(self._dir(trainer) / "policy.json")
 
     def write(self, trainer: pl.Trainer, final: bool = False, plots: bool = True) -> None:
-        """Write the CSV and (unless ``plots`` is false; always when ``final``) both plots, which W&B also
-        gets, as images and as line-series charts (:meth:`charts`)."""
+        """Write the CSV and (unless ``plots`` is false; always when ``final``) the plots (a class-conditional
+        policy's heat map too), which W&B also gets, as images and as line-series charts (:meth:`charts`)."""
         out = self._dir(trainer)
         with open(out / "policy_history.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
@@ -222,9 +246,14 @@ class PolicyHistoryCallback(pl.Callback):
         points = [*self.points, (now, self.points[-1][1])]  # the last values hold to the end of the epoch
         plot_policy_evolution(points, evolution, warmup_epochs=self._warmup_epochs)
         plot_policy_parameters(points, parameters, top_k=self.top_k, warmup_epochs=self._warmup_epochs)
+        images = [evolution, parameters]
+        policy = trainer.lightning_module.policy
+        if getattr(policy, "num_classes", 0):
+            images.append(out / "policy_classes.png")
+            plot_policy_classes(policy.describe_classes(), images[-1])
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image("policy/plots", [str(evolution), str(parameters)])
+                logger.log_image("policy/plots", [str(image) for image in images])
                 logger.experiment.log(self.charts())
 
     def charts(self) -> dict[str, Any]:

@@ -181,14 +181,19 @@ class HyperStepResult:
 
 
 def augment_batch(
-    policy: Policy, images: Tensor, cutout_size: int = 0, generator: torch.Generator | None = None
+    policy: Policy,
+    images: Tensor,
+    cutout_size: int = 0,
+    generator: torch.Generator | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """``cutout(policy(images))``: the augmentation of every training step, the hyper step's included.
 
     With grad enabled a learnable policy draws relaxed (its output has a graph to ``phi``); under
-    ``no_grad`` it draws hard. Shapes: ``(B, C, H, W)`` in ``[0, 1]`` -> the same.
+    ``no_grad`` it draws hard. ``labels`` ``(B,)`` reach class-conditional policies. Shapes: ``(B, C, H, W)``
+    in ``[0, 1]`` -> the same.
     """
-    augmented = policy(images, generator=generator)
+    augmented = policy(images, generator=generator, labels=labels)
     return cutout(augmented, cutout_size) if cutout_size > 0 else augmented
 
 
@@ -288,7 +293,7 @@ def hyper_step(
 
     def augment() -> Tensor:
         with torch.enable_grad():
-            return normalize(augment_batch(policy, images, cutout_size, generator))
+            return normalize(augment_batch(policy, images, cutout_size, generator, labels))
 
     with record_function("madao/augment"):
         replay = _Replay(generator, images.device) if config.recompute else None
@@ -340,6 +345,10 @@ def hyper_step(
             product = _ranged(hvp if config.damping == 0 else _damped(hvp, config.damping))
             mixed = _direction_only(mixed_vjp, network_grads) if config.direction_only else mixed_vjp
             hypergrad, info = implicit_hypergradient(product, mixed, val_grads, config.solver())
+        penalty = policy.penalty()  # part of the outer objective: its gradient is direct
+        if penalty is not None:
+            direct = torch.autograd.grad(penalty, hparams, allow_unused=True)
+            hypergrad = tuple(h if d is None else h + d for h, d in zip(hypergrad, direct, strict=True))
     return HyperStepResult(hypergrad, network_grads, train_loss.detach(), val_loss.detach(), info)
 
 

@@ -132,11 +132,12 @@ class MADAOModule(pl.LightningModule):
         """Per-channel ``(x - mean) / std`` on device."""
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def augment(self, images: Tensor) -> Tensor:
-        """Policy (unless warming up), then Cutout: ``(B, 3, H, W)`` in [0, 1] -> the same."""
+    def augment(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Policy (unless warming up), then Cutout: ``(B, 3, H, W)`` in [0, 1] -> the same; ``labels`` for
+        a class-conditional policy."""
         if self.warmup_active:
             return cutout(images, self.cutout_size) if self.cutout_size > 0 else images
-        return augment_batch(self.policy, images, self.cutout_size)
+        return augment_batch(self.policy, images, self.cutout_size, labels=labels)
 
     # ------------------------------------------------------------------ training
     def is_hyper_step(self) -> bool:
@@ -155,7 +156,7 @@ class MADAOModule(pl.LightningModule):
         else:
             with record_function("madao/inner_step"):
                 with torch.no_grad():
-                    augmented = self.augment(images)
+                    augmented = self.augment(images, labels)
                 loss = F.cross_entropy(self.net(self.normalize(augmented)), labels)
                 optimizer = self._optimizers()[0]
                 optimizer.zero_grad()
@@ -231,6 +232,13 @@ class MADAOModule(pl.LightningModule):
         0's policy, each with its own augmentation draws."""
         if self.learns_policy:
             hyper_dataloader(self._trainer)
+        names = getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
+        if (
+            getattr(self.policy, "num_classes", 0)
+            and names is not None
+            and len(names) == self.policy.num_classes
+        ):
+            self.policy.class_names = list(names)  # a class-conditional policy's names, for policy.json
         self._steps_since_warmup = int(self.inner_step)
         broadcast_([*self.policy.parameters(), *self.policy.buffers()])
         if self.policy.generator is None:

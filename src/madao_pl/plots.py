@@ -1,4 +1,5 @@
-"""The policy figures: how the learned policy evolves over training (paper Figures 2, 4 and 5).
+"""The policy figures: how the learned policy evolves over training (paper Figures 2, 4 and 5), and what a
+class-conditional policy does per class (:func:`plot_policy_classes`).
 
 Both functions take the points :class:`madao_pl.callbacks.PolicyHistoryCallback` keeps: a list of
 ``(epochs, stages)``, one per hyper step (and the start, and the end of the last epoch), where ``epochs`` is
@@ -21,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from madao_pl.augment import IDENTITY, StageDescription, get_operation  # noqa: E402
 from madao_pl.augment.ops import BLEND_MAX, POSTERIZE_MAX_BITS, SOLARIZE_MAX  # noqa: E402
 
-__all__ = ["plot_policy_evolution", "plot_policy_parameters"]
+__all__ = ["effective_use", "plot_policy_classes", "plot_policy_evolution", "plot_policy_parameters"]
 
 Points = list[tuple[float, list[StageDescription]]]
 
@@ -133,6 +134,42 @@ def plot_policy_parameters(points: Points, path: Path, top_k: int = 3, warmup_ep
         ax.set_title(f"stage {k}: top {top_k} by final selection probability")
         _frame(ax, xs, warmup_epochs)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def effective_use(stage: StageDescription) -> dict[str, float]:
+    """Per operation, selection x apply probability: the chance that this stage applies it to an image
+    (Identity, which never changes one, left out)."""
+    return {name: v["selection"] * v["apply"] for name, v in stage.items() if name != IDENTITY}
+
+
+def plot_policy_classes(classes: dict[str, list[StageDescription]], path: Path) -> None:
+    """Per stage, a class x operation heat map of effective use (:func:`effective_use`) for a
+    class-conditional policy (rows: classes in order; one colour scale for all stages).
+
+    Args:
+        classes: class name -> its stages (``describe_classes()`` of a class-conditional MADAO policy).
+        path: the PNG to write.
+    """
+    names = list(classes)
+    num_stages = len(classes[names[0]])
+    ops = list(effective_use(classes[names[0]][0]))
+    grids = [[[effective_use(classes[c][k])[op] for op in ops] for c in names] for k in range(num_stages)]
+    high = max(max(max(row) for row in grid) for grid in grids) or 1.0
+    height = min(2 + 0.25 * len(names), 40)
+    fig, axes = plt.subplots(1, num_stages, figsize=(6 * num_stages, height), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        image = ax.imshow(
+            grids[k], aspect="auto", cmap="viridis", vmin=0.0, vmax=high, interpolation="nearest"
+        )
+        ax.set_xticks(range(len(ops)), ops, rotation=90, fontsize=8)
+        if len(names) <= 50:  # beyond that the rows are too thin to label
+            ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_ylabel("class")
+        ax.set_title(f"stage {k}: effective use (selection x apply)")
+        fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -192,6 +192,8 @@ RESUME_MUST_MATCH = (
     "augment.name",
     "augment.inner_steps",
     "augment.policy.num_stages",
+    "augment.policy.identity",
+    "augment.policy.num_classes",
 )
 """Settings a resumed run must share with the run that wrote its checkpoint (the weights and counters)."""
 
@@ -227,7 +229,9 @@ def continue_run(cfg: DictConfig) -> None:
         return  # an older checkpoint: resume where this run writes
     now = OmegaConf.to_container(cfg, resolve=True)
     changed = [
-        f"{k} {saved[k]!r} -> {_select(now, k)!r}" for k in RESUME_MUST_MATCH if saved[k] != _select(now, k)
+        f"{k} {saved.get(k)!r} -> {_select(now, k)!r}"
+        for k in RESUME_MUST_MATCH
+        if k in saved and saved[k] != _select(now, k)  # a key added since that checkpoint: not compared
     ]
     if changed:
         raise ConfigError(

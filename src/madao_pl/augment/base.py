@@ -108,9 +108,14 @@ class Policy(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement the num_stages property")
 
     def sample(
-        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
     ) -> list[StageSample]:
-        """Draw what every stage applies to each of ``batch_size`` images, on ``device``.
+        """Draw what every stage applies to each of ``batch_size`` images, on ``device``; ``labels``
+        ``(batch_size,)`` for class-conditional policies (the others ignore them).
 
         Returns:
             :attr:`num_stages` :class:`~madao_pl.augment.stage.StageSample`, in the order they apply,
@@ -123,16 +128,24 @@ class Policy(nn.Module):
         (this module's docstring; each stage built by :func:`describe_stage`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement describe()")
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def penalty(self) -> Tensor | None:
+        """A term the hyper step adds to the validation loss, a scalar with a graph to the parameters (its
+        gradient joins the hypergradient), or ``None`` (the default: none)."""
+        return None
+
+    def forward(
+        self, images: Tensor, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
         """Augment ``images`` ``(B, C, H, W)`` in ``[0, 1]``; returns the same shape, on the same device.
 
         Args:
             images: the batch.
             generator: overrides ``self.generator`` for this call.
+            labels: ``(B,)`` long, each image's class: needed by class-conditional policies only.
         """
         check_images(images)
         check_value_range(images)
         generator = generator if generator is not None else self.generator
-        for stage in self.sample(images.shape[0], device=images.device, generator=generator):
+        for stage in self.sample(images.shape[0], device=images.device, generator=generator, labels=labels):
             images = apply_stage(images, *stage)
         return images

@@ -3,7 +3,7 @@ AutoAugment and the identity.
 
 They draw their stages with the same random helpers and run through the same
 :func:`~madao_pl.augment.stage.apply_stage` as MADAO, so a comparison differs only in the policy. None of
-them has parameters.
+them has parameters, and each is the same for every class (``labels`` are accepted and ignored).
 """
 
 from __future__ import annotations
@@ -76,7 +76,11 @@ class RandAugmentPolicy(Policy):
         return f"num_ops={self.num_ops}, magnitude={self.magnitude}"
 
     def sample(
-        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
     ) -> list[StageSample]:
         """Per stage: a uniform op index, apply weight 1, magnitude ``self.magnitude``, a fair sign."""
         device = torch.device(device)
@@ -113,7 +117,11 @@ class TrivialAugmentPolicy(Policy):
         return 1
 
     def sample(
-        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
     ) -> list[StageSample]:
         """One stage: a uniform op index, apply weight 1, magnitude U[0, 1), a fair sign."""
         device = torch.device(device)
@@ -144,12 +152,18 @@ class IdentityPolicy(Policy):
         return 0
 
     def sample(
-        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
     ) -> list[StageSample]:
         """Nothing to draw: an empty list."""
         return []
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self, images: Tensor, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
         """Check ``images`` ``(B, C, H, W)`` and return the same tensor (no copy)."""
         check_images(images)
         check_value_range(images)
@@ -249,7 +263,11 @@ class AutoAugmentPolicy(Policy):
         return f"policy={self.policy!r}"
 
     def sample(
-        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
     ) -> list[StageSample]:
         """Per sample one sub-policy; stage k applies its k-th op with its probability, with a fair sign."""
         device = torch.device(device)

@@ -5,6 +5,15 @@
   so a loss on the output has gradients to all 78 parameters (K = 2).
 - :class:`ReplayPolicy`: the values of a learned MADAO policy, frozen (buffers), to train a new model.
 
+Class-conditional (``MADAOPolicy(num_classes=C)``, the paper's open problem, §4): class ``c`` draws from
+``phi_c = phi_global + delta_c``, offsets ``delta`` of shape ``(C, K, .)`` starting at 0, so the policy starts
+as the global one, and each training image is augmented with its label's values (``policy(images,
+labels=labels)``). Per-sample values are gathered by label, then :func:`~madao_pl.augment.stage.apply_stage`
+groups by operation as always: one op call per image per stage, no loop over classes. A hyper batch of ``B``
+images sees about ``B / C`` per class (1000 classes, batch 256: most classes none), so ``delta_c`` learns
+only from the hyper steps whose batch holds class ``c`` and ``phi_global`` from every one: the shared part is
+what rare classes learn through; ``class_offset_decay`` pulls the offsets back to it.
+
 Either may have a 15th selection choice, :data:`IDENTITY` (``MADAOPolicy(identity=True)``): "leave the image
 as it is", so the selection can put its mass on doing nothing (torchvision's RandAugment and TrivialAugment
 have it). It has no apply probability or magnitude; its apply weight is 0.
@@ -21,7 +30,11 @@ Policy JSON (:meth:`MADAOPolicy.to_dict`, written by :meth:`MADAOPolicy.save_jso
         "temperature": tau, "bernoulli_temperature": tau_b, "eps": eps,
         "dtype": "float32",                      # dtype of the raw values
         "op_names": [...14] (+ "Identity"), "magnitude_ops": [...11],   # the op table the values refer to
-        "raw": {"logits": K x 14 (15), "probability_raw": K x 14, "magnitude_raw": K x 11},
+        "raw": {"logits": K x 14 (15), "probability_raw": K x 14, "magnitude_raw": K x 11,
+                # class-conditional only: the offsets, C x K x (14 (15), 14, 11)
+                "logits_offset": ..., "probability_offset": ..., "magnitude_offset": ...},
+        "class_names": [...C],                   # class-conditional only
+        "classes": {name: [stage, ...]},         # class-conditional only: each class's describe() stages
         "describe": {...}                        # Policy.describe(), for humans; not read back
     }
 
@@ -32,13 +45,14 @@ and that the op table is the current one.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from os import PathLike
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from madao_pl.augment.base import IDENTITY, Policy, describe_stage
+from madao_pl.augment.base import IDENTITY, Policy, StageDescription, describe_stage
 from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS
 from madao_pl.augment.stage import (
     StageSample,
@@ -52,6 +66,8 @@ from madao_pl.augment.stage import (
 
 __all__ = ["MADAOPolicy", "ReplayPolicy"]
 
+RAW = ("logits", "probability_raw", "magnitude_raw")
+OFFSETS = ("logits_offset", "probability_offset", "magnitude_offset")
 _FORMAT = "madao_pl.policy"
 _FORMAT_VERSION = 1
 
@@ -61,15 +77,25 @@ def _magnitude_op_indices() -> list[int]:
     return [OP_NAMES.index(name) for name in MAGNITUDE_OPS]
 
 
+def _pick(values: Tensor, index: Tensor) -> Tensor:
+    """``values[index]`` per sample, from ``(N,)`` shared by the batch or ``(B, N)`` (a row per sample)."""
+    return values[index] if values.dim() == 1 else values.gather(1, index[:, None]).squeeze(1)
+
+
 class _CategoricalPolicy(Policy):
     """Shared sampling of MADAO-style stages from ``logits`` (K, 14, or 15 with :data:`IDENTITY` last),
     ``probability_raw`` (K, 14), ``magnitude_raw`` (K, 11); subclasses hold them as parameters (MADAO) or
-    buffers (replay)."""
+    buffers (replay); class-conditional ones also the offsets ``logits_offset`` (C, K, 14 or 15),
+    ``probability_offset`` (C, K, 14), ``magnitude_offset`` (C, K, 11), else ``None``."""
 
     name: ClassVar[str] = "madao"
     logits: Tensor
     probability_raw: Tensor
     magnitude_raw: Tensor
+    logits_offset: Tensor | None
+    probability_offset: Tensor | None
+    magnitude_offset: Tensor | None
+    class_names: list[str]
 
     def __init__(
         self,
@@ -106,6 +132,21 @@ class _CategoricalPolicy(Policy):
         return self.logits.shape[0]
 
     @property
+    def num_classes(self) -> int:
+        """C, the classes with their own offsets (0: one policy for every image)."""
+        return 0 if self.logits_offset is None else self.logits_offset.shape[0]
+
+    def _set_class_names(self, class_names: Sequence[str] | None) -> None:
+        names = (
+            [str(c) for c in range(self.num_classes)]
+            if class_names is None
+            else [str(n) for n in class_names]
+        )
+        if len(names) != self.num_classes:
+            raise ValueError(f"class_names: {len(names)} names for {self.num_classes} classes")
+        self.class_names = names
+
+    @property
     def has_identity(self) -> bool:
         """Whether the selection has the :data:`IDENTITY` choice (a 15th logit)."""
         return self.logits.shape[-1] == len(OPERATIONS) + 1
@@ -127,7 +168,7 @@ class _CategoricalPolicy(Policy):
         return (
             f"num_stages={self.num_stages}, temperature={self.temperature}, "
             f"bernoulli_temperature={self.bernoulli_temperature}, rao_samples={self.rao_samples}, "
-            f"identity={self.has_identity}"
+            f"identity={self.has_identity}, num_classes={self.num_classes}"
         )
 
     # -- readable values -------------------------------------------------------------------------------
@@ -154,29 +195,88 @@ class _CategoricalPolicy(Policy):
         full = self.magnitude_raw.new_zeros(self.num_stages, len(OPERATIONS))
         return full.index_copy(1, self._magnitude_index, self.magnitudes())
 
+    def _described(self, selection: Tensor, apply: Tensor, magnitude: Tensor) -> list[StageDescription]:
+        """``(K, .)`` selection, apply and full-table magnitude values -> the K stage descriptions."""
+        values = [t.detach().double().tolist() for t in (selection, apply, magnitude)]
+        return [
+            describe_stage(*(v[k] for v in values), identity=self.has_identity) for k in range(len(values[0]))
+        ]
+
     def describe(self) -> dict[str, Any]:
         """Selection probabilities, apply probabilities (before the eps clamp) and magnitudes per stage,
-        in the description schema of :mod:`madao_pl.augment.base` (float64 Python floats)."""
+        in the description schema of :mod:`madao_pl.augment.base` (float64 Python floats); for a
+        class-conditional policy those of the shared part ``phi_global`` (:meth:`describe_classes`: each
+        class's)."""
         with torch.no_grad():
-            selection = self.selection_probabilities().double().tolist()
-            apply = self.apply_probabilities().double().tolist()
-            magnitude = self._full_magnitudes().double().tolist()
+            stages = self._described(self.selection_probabilities(), self.apply_probabilities(),
+                                     self._full_magnitudes())  # fmt: skip
+        description = {"policy": self.name, "num_stages": self.num_stages, "stages": stages}
+        if self.num_classes:
+            description["num_classes"] = self.num_classes
+        return description
+
+    def describe_classes(self) -> dict[str, list[StageDescription]]:
+        """Class name -> its stages (``phi_global + delta_c``) in the description schema; ``{}`` for a global
+        policy."""
+        if not self.num_classes:
+            return {}
+        with torch.no_grad():
+            selection = torch.softmax(self.logits + self.logits_offset, dim=-1)
+            apply = torch.sigmoid(self.probability_raw + self.probability_offset)
+            magnitude = torch.sigmoid(self.magnitude_raw + self.magnitude_offset)
+            full = magnitude.new_zeros(*magnitude.shape[:-1], len(OPERATIONS))
+            full = full.index_copy(-1, self._magnitude_index, magnitude)
         return {
-            "policy": self.name,
-            "num_stages": self.num_stages,
-            "stages": [
-                describe_stage(selection[k], apply[k], magnitude[k], identity=self.has_identity)
-                for k in range(self.num_stages)
-            ],
+            name: self._described(selection[c], apply[c], full[c]) for c, name in enumerate(self.class_names)
         }
+
+    def penalty(self) -> Tensor | None:
+        """``class_offset_decay / 2 * |delta|^2`` for a class-conditional policy with a decay, else None."""
+        decay = getattr(self, "class_offset_decay", 0.0)
+        if not self.num_classes or decay == 0:
+            return None
+        return 0.5 * decay * sum((getattr(self, key) ** 2).sum() for key in OFFSETS)
 
     # -- sampling --------------------------------------------------------------------------------------
 
     def _relaxed_by_default(self) -> bool:
         """Whether :meth:`sample_stage` draws relaxed by default: grad mode on and a value requires grad."""
-        return torch.is_grad_enabled() and any(
-            t.requires_grad for t in (self.logits, self.probability_raw, self.magnitude_raw)
-        )
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+
+    def _stage_values(self, stage: int, device: torch.device, labels: Tensor | None) -> tuple[Tensor, ...]:
+        """Stage ``stage``'s logits, clamped apply probabilities and full-table magnitudes: ``(14,)`` each
+        for a global policy, ``(B, .)`` per sample (gathered by label) for a class-conditional one."""
+        logits = self.logits[stage].to(device)
+        probability_raw = self.probability_raw[stage].to(device)
+        magnitude_raw = self.magnitude_raw[stage].to(device)
+        if self.num_classes:
+            logits = logits + self.logits_offset[:, stage].to(device)[labels]
+            probability_raw = probability_raw + self.probability_offset[:, stage].to(device)[labels]
+            magnitude_raw = magnitude_raw + self.magnitude_offset[:, stage].to(device)[labels]
+        probability = torch.sigmoid(probability_raw).clamp(self.eps, 1.0 - self.eps)
+        magnitude = torch.sigmoid(magnitude_raw)
+        full = magnitude.new_zeros(*magnitude.shape[:-1], len(OPERATIONS))
+        return logits, probability, full.index_copy(-1, self._magnitude_index.to(device), magnitude)
+
+    def _checked_labels(self, labels: Tensor | None, batch_size: int, device: torch.device) -> Tensor | None:
+        """The labels a class-conditional policy needs, checked; ``None`` for a global policy."""
+        if not self.num_classes:
+            return None
+        if labels is None:
+            raise ValueError(
+                f"this policy is class-conditional ({self.num_classes} classes): pass the batch's labels, "
+                "policy(images, labels=labels)"
+            )
+        if labels.shape != (batch_size,) or labels.dtype != torch.long:
+            raise ValueError(
+                f"labels must be a ({batch_size},) long tensor, got {tuple(labels.shape)} {labels.dtype}"
+            )
+        if batch_size and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"labels span [{int(labels.min())}, {int(labels.max())}], outside the policy's "
+                f"{self.num_classes} classes [0, {self.num_classes - 1}]"
+            )
+        return labels.to(device)
 
     def sample_stage(
         self,
@@ -185,6 +285,7 @@ class _CategoricalPolicy(Policy):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
         relaxed: bool | None = None,
+        labels: Tensor | None = None,
     ) -> StageSample:
         """Draw stage ``stage`` for ``batch_size`` samples (paper eq. 7-10).
 
@@ -211,6 +312,7 @@ class _CategoricalPolicy(Policy):
             generator: source of randomness (default: ``self.generator``, then torch's global one).
             relaxed: ``True`` relaxed draws with gradients, ``False`` hard draws; default ``True`` iff
                 grad mode is on and the parameters require grad.
+            labels: ``(B,)`` class of each sample, for a class-conditional policy (ignored otherwise).
 
         Returns:
             A :class:`~madao_pl.augment.stage.StageSample` of ``(B,)`` tensors on ``device``; ``scale`` is
@@ -221,6 +323,7 @@ class _CategoricalPolicy(Policy):
         device = torch.device(device) if device is not None else self.logits.device
         generator = generator if generator is not None else self.generator
         relaxed = self._relaxed_by_default() if relaxed is None else relaxed
+        labels = self._checked_labels(labels, batch_size, device)
         num_ops = self.logits.shape[-1]
         dtype = self.logits.dtype
 
@@ -229,9 +332,7 @@ class _CategoricalPolicy(Policy):
         logistic = logistic_from_uniform(noise[:, num_ops]).to(dtype)
         sign = signs_from_uniform(noise[:, num_ops + 1], dtype)
 
-        logits = self.logits[stage].to(device)
-        probability = torch.sigmoid(self.probability_raw[stage].to(device)).clamp(self.eps, 1.0 - self.eps)
-        magnitude_full = self._full_magnitudes()[stage].to(device)
+        logits, probability, magnitude_full = self._stage_values(stage, device, labels)
 
         if relaxed and self.rao_samples > 1:
             return self._rao_blackwellised(batch_size, generator, device, logits, gumbels, logistic, sign,
@@ -242,16 +343,16 @@ class _CategoricalPolicy(Policy):
             log_u_i = log_u.gather(1, op_index[:, None]).squeeze(1)
             scale = torch.exp(log_u_i - log_u_i.detach())
             op_index, keep = self._without_identity(op_index, torch.ones_like(scale))
-            z = torch.logit(probability[op_index]) + logistic
+            z = torch.logit(_pick(probability, op_index)) + logistic
             apply_weight = torch.sigmoid(z / self.bernoulli_temperature) * keep
             centered = self.centered_selection
-            return StageSample(op_index, apply_weight, magnitude_full[op_index], sign, scale, centered)
+            return StageSample(op_index, apply_weight, _pick(magnitude_full, op_index), sign, scale, centered)
 
         with torch.no_grad():
             op_index, keep = self._without_identity((logits + gumbels).argmax(dim=-1), logistic.new_ones(()))
-            z = torch.logit(probability[op_index]) + logistic
+            z = torch.logit(_pick(probability, op_index)) + logistic
             apply_weight = (z > 0).to(dtype) * keep
-            return StageSample(op_index, apply_weight, magnitude_full[op_index], sign)
+            return StageSample(op_index, apply_weight, _pick(magnitude_full, op_index), sign)
 
     def _rao_blackwellised(
         self, batch_size: int, generator: torch.Generator | None, device: torch.device, logits: Tensor,
@@ -277,7 +378,7 @@ class _CategoricalPolicy(Policy):
         with torch.no_grad():
             choice = (logits + gumbels).argmax(dim=-1)
             op_index, keep = self._without_identity(choice, logistic.new_ones(()))
-            logit_p = torch.logit(probability[op_index])
+            logit_p = torch.logit(_pick(probability, op_index))
             hard = (logit_p + logistic > 0).to(logits.dtype)
             given = conditional_gumbels(logits, choice, extra[..., : num_ops + 1])
             noise = torch.cat([gumbels[None], given])
@@ -285,11 +386,13 @@ class _CategoricalPolicy(Policy):
         log_u = torch.log_softmax((logits + noise) / self.temperature, dim=-1)
         mean_log_u = log_u.gather(2, choice.view(1, -1, 1).expand(len(noise), -1, 1)).squeeze(2).mean(0)
         scale = torch.exp(mean_log_u - mean_log_u.detach())
-        relaxed = torch.sigmoid((torch.logit(probability[op_index]) + levels) / self.bernoulli_temperature)
+        relaxed = torch.sigmoid(
+            (torch.logit(_pick(probability, op_index)) + levels) / self.bernoulli_temperature
+        )
         mean_relaxed = relaxed.mean(0)
         apply_weight = (hard + (mean_relaxed - mean_relaxed.detach())) * keep
         centered = self.centered_selection
-        return StageSample(op_index, apply_weight, magnitude_full[op_index], sign, scale, centered)
+        return StageSample(op_index, apply_weight, _pick(magnitude_full, op_index), sign, scale, centered)
 
     def sample(
         self,
@@ -297,20 +400,22 @@ class _CategoricalPolicy(Policy):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
         relaxed: bool | None = None,
+        labels: Tensor | None = None,
     ) -> list[StageSample]:
         """:meth:`sample_stage` for every stage, in order (the order :meth:`forward` draws them)."""
-        return [self.sample_stage(batch_size, k, device, generator, relaxed) for k in range(self.num_stages)]
+        return [
+            self.sample_stage(batch_size, k, device, generator, relaxed, labels)
+            for k in range(self.num_stages)
+        ]
 
     # -- save / load -----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: raw parameter values (exact: float32 -> python float round-trips), settings,
-        the op table they refer to and, for humans, :meth:`describe`."""
-        raw = {
-            key: getattr(self, key).detach().cpu().double().tolist()
-            for key in ("logits", "probability_raw", "magnitude_raw")
-        }
-        return {
+        the op table they refer to and, for humans, :meth:`describe` (and :meth:`describe_classes`)."""
+        keys = (*RAW, *OFFSETS) if self.num_classes else RAW
+        raw = {key: getattr(self, key).detach().cpu().double().tolist() for key in keys}
+        data = {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
             "policy": self.name,
@@ -324,10 +429,15 @@ class _CategoricalPolicy(Policy):
             "raw": raw,
             "describe": self.describe(),
         }
+        if self.num_classes:
+            data["class_names"] = list(self.class_names)
+            data["classes"] = self.describe_classes()
+        return data
 
     @staticmethod
-    def _parse_dict(data: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """Check a :meth:`to_dict` dict and return its raw tensors (saved dtype) and settings."""
+    def _parse_dict(data: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Check a :meth:`to_dict` dict and return its raw tensors (saved dtype; offsets if class-conditional)
+        and settings (``class_names`` if class-conditional)."""
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(
                 f"not a saved madao_pl policy (expected format {_FORMAT!r}); "
@@ -353,6 +463,11 @@ class _CategoricalPolicy(Policy):
             "probability_raw": (k, len(OP_NAMES)),
             "magnitude_raw": (k, len(MAGNITUDE_OPS)),
         }
+        names = data.get("class_names")
+        if names is not None:
+            widths = {"logits_offset": len(op_names), "probability_offset": len(OP_NAMES)}
+            for key in OFFSETS:
+                expected[key] = (len(names), k, widths.get(key, len(MAGNITUDE_OPS)))
         tensors = {}
         for key, shape in expected.items():
             value = torch.tensor(data["raw"][key], dtype=torch.float64)
@@ -364,6 +479,8 @@ class _CategoricalPolicy(Policy):
             "bernoulli_temperature": float(data["bernoulli_temperature"]),
             "eps": float(data["eps"]),
         }
+        if names is not None:
+            settings["class_names"] = [str(n) for n in names]
         return tensors, settings
 
     def save_json(self, path: str | PathLike) -> None:
@@ -400,6 +517,11 @@ class MADAOPolicy(_CategoricalPolicy):
             gradient (False: the paper's, factor on the whole output).
         identity: add the :data:`IDENTITY` choice (one more logit per stage, starting as likely as each
             op), so the policy can learn to leave images alone (False: the paper's 14 ops).
+        num_classes: C > 0 makes the policy class-conditional (module doc): offsets ``delta_c`` for every
+            class, zeros at the start; 0: one policy for every image.
+        class_names: the C names ``policy.json`` and the plots use (default "0", "1", ...).
+        class_offset_decay: ``lambda`` of the penalty ``lambda / 2 |delta|^2`` the hyper step adds to the
+            validation loss (:meth:`penalty`), pulling each class toward the shared part (0: none).
     """
 
     def __init__(
@@ -413,22 +535,38 @@ class MADAOPolicy(_CategoricalPolicy):
         rao_samples: int = 1,
         centered_selection: bool = False,
         identity: bool = False,
+        num_classes: int = 0,
+        class_names: Sequence[str] | None = None,
+        class_offset_decay: float = 0.0,
     ) -> None:
         super().__init__(temperature, bernoulli_temperature, eps, rao_samples, centered_selection)
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
         if not isinstance(identity, bool):
             raise ValueError(f"identity must be true or false, got {identity!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(
+                f"num_classes must be an integer >= 0 (0: one policy for all), got {num_classes!r}"
+            )
+        if not class_offset_decay >= 0:
+            raise ValueError(f"class_offset_decay must be >= 0, got {class_offset_decay}")
+        self.class_offset_decay = float(class_offset_decay)
         self.logits = nn.Parameter(torch.zeros(num_stages, len(OP_NAMES) + int(identity)))
         self.probability_raw = nn.Parameter(torch.full((num_stages, len(OP_NAMES)), float(init_probability)))
         self.magnitude_raw = nn.Parameter(torch.full((num_stages, len(MAGNITUDE_OPS)), float(init_magnitude)))
+        for key, base in zip(OFFSETS, RAW, strict=True):
+            offset = nn.Parameter(getattr(self, base).new_zeros(num_classes, *getattr(self, base).shape))
+            self.register_parameter(key, offset if num_classes else None)
+        self._set_class_names(class_names)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MADAOPolicy:
         """Rebuild a trainable policy from :meth:`to_dict` output (exact raw values, same dtype)."""
         tensors, settings = cls._parse_dict(data)
         logits = tensors["logits"]
-        policy = cls(num_stages=logits.shape[0], identity=logits.shape[1] > len(OP_NAMES), **settings)
+        classes = len(settings.get("class_names", []))
+        identity = logits.shape[1] > len(OP_NAMES)
+        policy = cls(num_stages=logits.shape[0], identity=identity, num_classes=classes, **settings)
         with torch.no_grad():
             for key, value in tensors.items():
                 getattr(policy, key).data = value.clone()
@@ -464,20 +602,32 @@ class ReplayPolicy(_CategoricalPolicy):
         temperature: float = 0.05,
         bernoulli_temperature: float = 0.05,
         eps: float = 1e-6,
+        logits_offset: Tensor | None = None,
+        probability_offset: Tensor | None = None,
+        magnitude_offset: Tensor | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__(temperature, bernoulli_temperature, eps)
         k = logits.shape[0]
         with_identity = logits.dim() == 2 and logits.shape[1] == len(OP_NAMES) + 1
-        for key, value, width in (
-            ("logits", logits, len(OP_NAMES) + int(with_identity)),
-            ("probability_raw", probability_raw, len(OP_NAMES)),
-            ("magnitude_raw", magnitude_raw, len(MAGNITUDE_OPS)),
-        ):
+        widths = (len(OP_NAMES) + int(with_identity), len(OP_NAMES), len(MAGNITUDE_OPS))
+        for key, value, width in zip(RAW, (logits, probability_raw, magnitude_raw), widths, strict=True):
             if value.dim() != 2 or tuple(value.shape) != (k, width):
                 raise ValueError(
                     f"ReplayPolicy: {key} must have shape ({k}, {width}), got {tuple(value.shape)}"
                 )
             self.register_buffer(key, value.detach().clone())
+        offsets = (logits_offset, probability_offset, magnitude_offset)
+        classes = 0 if logits_offset is None else logits_offset.shape[0]
+        for key, value, width in zip(OFFSETS, offsets, widths, strict=True):
+            if (value is None) != (logits_offset is None) or (
+                value is not None and tuple(value.shape) != (classes, k, width)
+            ):
+                raise ValueError(
+                    f"ReplayPolicy: {key} must have shape ({classes}, {k}, {width}) like the others"
+                )
+            self.register_buffer(key, None if value is None else value.detach().clone())
+        self._set_class_names(class_names)
 
     @classmethod
     def initial(cls, **madao_arguments: Any) -> ReplayPolicy:

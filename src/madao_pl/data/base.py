@@ -310,6 +310,12 @@ class ImageDataModule(pl.LightningDataModule):
         """Number of classes (the network's output width)."""
         return self._num_classes
 
+    @property
+    def class_names(self) -> list[str]:
+        """The classes' names, label order (class-conditional policies name theirs so): "0", "1", ...
+        unless the data set has names (an image folder's class folders)."""
+        return [str(c) for c in range(self.num_classes)]
+
     def train_source(self, download: bool) -> tuple[Dataset, np.ndarray]:
         """The full training source (no transform) and its labels ``(N,)``; ``download`` if missing."""
         raise NotImplementedError

@@ -71,6 +71,11 @@ class _ImageFolderDataModule(ImageDataModule):
         )
 
     @property
+    def class_names(self) -> list[str]:
+        """The class folder names (label order)."""
+        return list(self.classes)
+
+    @property
     def classes(self) -> list[str]:
         """Sorted class folder names of the training folder (scanned once)."""
         if self._classes is None:
