@@ -1,24 +1,16 @@
 """Test error on digits: Hydra multiruns of the shipped entry point, summarised by experiments/summarize.py.
 
-Sweeps, each a ``conf/experiment/bench_*.yaml`` launched as ``python -m madao_pl.run -m experiment=<name>
-hydra/launcher=local_parallel hydra.sweep.dir=<runs-dir>/<sweep>`` (joblib, two jobs at a time, one torch
-thread each), in this order:
+The sweeps of :data:`SWEEPS`, in this order: each but ``replay`` (:func:`run_replays`) a
+``conf/experiment/bench_*.yaml`` launched as ``python -m madao_pl.run -m experiment=<name>
+hydra/launcher=local_parallel hydra.sweep.dir=<runs-dir>/<sweep>`` (two jobs at a time, one torch thread
+each): ``methods`` (every method on digits and low-data digits x seeds 0, 1, 2), ``replay``, ``inner_steps``
+(MADAO, s = 5 ... 100, Figure 3), ``warmup_epochs`` (w = 0 ... 30, Figure 6), ``levers`` (MADAO x seeds 0, 1,
+2 once per entry of :data:`LEVERS`, each into ``levers/<lever>``). Each sweep directory is emptied first, so
+its numbers come from the invocation that ran it (``--sweeps`` runs some; ``runs_by`` names the invocation
+of each). ``--out`` gets summarize's tables (methods and replays in one), the runs' numbers, the settings
+read from the MADAO runs' configs and each MADAO-like run's :func:`policy_movement`; beside it go the sweep
+plots and the MADAO seed-0 run's policy plots.
 
-- ``methods`` (``bench_accuracy``): every method on digits and low-data digits x seeds 0, 1, 2;
-- ``replay``: each MADAO run's final policy, replayed from scratch (``augment=replay``, same data and seed);
-- ``inner_steps`` (``bench_inner_steps``): MADAO with s = 5, 10, 30, 50, 100, seed 0 (Figure 3);
-- ``warmup_epochs`` (``bench_warmup``): MADAO with w = 0, 10, 20, 30, seed 0 (Figure 6);
-- ``levers`` (``bench_levers``): MADAO on both data sets x seeds 0, 1, 2 once per entry of :data:`LEVERS`
-  (its overrides added), each into ``levers/<lever>``; summarize labels each by the settings it changes.
-
-Every MADAO-like run's policy movement (first against last row of its ``policy_history.csv``) goes into
-``movement``: per parameter group the mean absolute change, and the effective use per stage (the sum over
-ops of selection x apply probability: the chance that a stage changes an image).
-
-Each sweep directory is emptied first, so its numbers come from the invocation that ran it (``--sweeps``
-runs some; ``runs_by`` says which invocation ran each, and the others keep their previous status). ``--out``
-(``accuracy.json``) gets summarize's tables (methods and replays in one), the runs' numbers, the settings
-read from the MADAO runs' configs, and beside it the sweep plots and the MADAO seed-0 run's policy plots.
 Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench/accuracy] [--sweeps ...]
 [--no-run] [-- OVERRIDE ...]`` (about 90 minutes on 2 CPU cores, the levers half of it); overrides after
 ``--`` go to every sweep (smoke tests: ``dataset.epochs=1``), ``--no-run`` only summarises the sweep
@@ -40,7 +32,7 @@ from typing import Any
 
 from experiments.summarize import Cell, Run, collect, markdown_table, plot_table, render_markdown, summarize
 
-from benchmarks.common import RESULTS, ROOT, stamp, write_json
+from benchmarks.common import RESULTS, ROOT, run_at_most, stamp, write_json
 
 SWEEPS = {
     "methods": "bench_accuracy",
@@ -52,6 +44,8 @@ SWEEPS = {
 """Sweep -> its experiment config; ``replay`` retrains, from scratch, with each ``methods`` MADAO run's final
 policy (``augment=replay``, same data set and seed): does the learned policy itself transfer?"""
 PLOTS = {"inner_steps": "sweep_inner_steps.png", "warmup_epochs": "sweep_warmup.png"}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+"""What the environment of every run adds."""
 CLEAN = [
     "augment.policy.rao_samples=16",
     "augment.policy.centered_selection=true",
@@ -94,9 +88,8 @@ def run_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:
     shutil.rmtree(sweep_dir, ignore_errors=True)
     command = [sys.executable, "-m", "madao_pl.run", "-m", f"experiment={experiment}"]
     command += ["hydra/launcher=local_parallel", f"hydra.sweep.dir={sweep_dir}", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     print("$", " ".join(command), flush=True)
-    return subprocess.run(command, cwd=ROOT, env=env).returncode
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, **ONE_THREAD}).returncode
 
 
 def run_replays(methods_dir: Path, replay_dir: Path, overrides: list[str]) -> int:
@@ -104,20 +97,14 @@ def run_replays(methods_dir: Path, replay_dir: Path, overrides: list[str]) -> in
     each into ``replay_dir/<dataset>_<seed>``); the worst exit status."""
     shutil.rmtree(replay_dir, ignore_errors=True)
     runs = [r for r in collect([methods_dir])[0] if r.augment == "madao"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    statuses, running = [], []
-    for run in sorted(runs, key=lambda r: (r.dataset, str(r.seed))):
-        command = [
-            sys.executable, "-m", "madao_pl.run", f"dataset={run.dataset}", f"seed={run.seed}",
-            "augment=replay", f"augment.path={run.path.parent / 'policy.json'}",
-            "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={replay_dir / f'{run.dataset}_{run.seed}'}", *overrides,
-        ]  # fmt: skip
-        print("$", " ".join(command), flush=True)
-        running.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
-        if len(running) == 2:
-            statuses.append(running.pop(0).wait())
-    return max([*statuses, *(p.wait() for p in running)], default=0)
+    commands = [
+        [sys.executable, "-m", "madao_pl.run", f"dataset={run.dataset}", f"seed={run.seed}", "augment=replay",
+         f"augment.path={run.path.parent / 'policy.json'}", "trainer.enable_progress_bar=false",
+         f"hydra.run.dir={replay_dir / f'{run.dataset}_{run.seed}'}", *overrides]
+        for run in sorted(runs, key=lambda r: (r.dataset, str(r.seed)))
+    ]  # fmt: skip
+    print("\n".join("$ " + " ".join(command) for command in commands), flush=True)
+    return max(run_at_most(commands, 2, {**os.environ, **ONE_THREAD}), default=0)
 
 
 def policy_movement(run_dir: Path) -> dict[str, float] | None:
@@ -141,7 +128,12 @@ def policy_movement(run_dir: Path) -> dict[str, float] | None:
     return out
 
 
-def lever_table(methods: list[Run], levers: list[Run], runs_dir: Path) -> str:
+def lever_of(run: Run, levers_dir: Path) -> str:
+    """The lever a run of the levers sweep belongs to: its directory under ``levers_dir``."""
+    return run.path.parent.relative_to(levers_dir).parts[0]
+
+
+def lever_table(methods: list[Run], levers: list[Run], levers_dir: Path) -> str:
     """Test and validation error (%) per lever and data set, mean ± sample std (runs), next to no
     augmentation and MADAO's defaults from the methods sweep: one row per lever, named as in LEVERS."""
     groups: dict[str, list[Run]] = {
@@ -149,7 +141,7 @@ def lever_table(methods: list[Run], levers: list[Run], runs_dir: Path) -> str:
         "MADAO defaults": [r for r in methods if r.augment == "madao"],
     }
     for run in levers:
-        groups.setdefault(f"`{run.path.parent.relative_to(runs_dir).parts[0]}`", []).append(run)
+        groups.setdefault(f"`{lever_of(run, levers_dir)}`", []).append(run)
     datasets = sorted({r.dataset for r in levers}, key=lambda d: (d != "digits", d))
 
     def cell(runs: list[Run], metric: str) -> str:
@@ -206,7 +198,7 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
                 plot_table(table, out.parent / PLOTS[name], title)
         all_problems += problems
         for r in (r for r in runs if r.augment.startswith("madao") and name in ("methods", "levers")):
-            group = r.path.parent.relative_to(runs_dir / name).parts[0] if name == "levers" else r.augment
+            group = lever_of(r, runs_dir / name) if name == "levers" else r.augment
             moved = policy_movement(r.path.parent)
             if moved:
                 movement.append(

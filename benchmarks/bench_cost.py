@@ -1,17 +1,14 @@
 """Cost of MADAO against RandAugment and no augmentation: time per batch and peak memory of the shipped
 ``MADAOModule`` through a real ``Trainer``, every case in its own process (``--run-case``).
 
-Setting (DESIGN.md §9): WRN-28-2, synthetic 32x32 images, batch 128, Cutout 16, SGD lr 0.1 / momentum 0.9 /
-weight decay 5e-4, one torch thread per process, s = 30. Cases ``baseline``, ``randaugment`` and MADAO's
-``plain`` (neumann_tol 0: all J terms), ``fast`` (the defaults), ``fast_recompute`` (recompute=True). Per
-case, in this order (:data:`KINDS`): ``live``, one cycle at s = 2 (a cycle's peak is its hyper step's)
-under glibc's ``MALLOC_MMAP_THRESHOLD_=131072``, so that the RSS follows the live tensors (CPU only, two
-at a time); ``profile`` (MADAO), one cycle at s = 2 with the hyper step under ``torch.profiler`` (its
-``madao/*`` ranges; apart, since the profiler's buffers take GBs); ``timed``, an untimed warm-up (a whole
-cycle for MADAO: its cold first hyper step is not timed), then ``--cycles`` whole cycles of s batches:
-wall time per batch, ``ru_maxrss`` above the RSS after setup (on a GPU also the CUDA peak), one case
-after another so that every ratio comes from one invocation. From one seed every variant's first hyper
-step sees the same state, so its hypergradient is compared with ``plain``'s.
+Setting (DESIGN.md §9): WRN-28-2, synthetic 32x32 images, batch 128, Cutout 16, SGD, one torch thread per
+process, s = 30. Cases ``baseline``, ``randaugment`` and MADAO's :data:`VARIANTS`, each run once per kind of
+:data:`KINDS`: ``live`` (one cycle at s = 2, the RSS under a fixed glibc mmap threshold so that it follows
+the live tensors; CPU only, two at a time), ``profile`` (MADAO: the hyper step under ``torch.profiler``,
+apart since its buffers take GBs), ``timed`` (an untimed warm-up, a whole cycle for MADAO so that its cold
+first hyper step is not timed, then ``--cycles`` cycles: wall time per batch, ``ru_maxrss`` above the RSS
+after setup, on a GPU the CUDA peak; case after case, so that every ratio comes from one invocation). From
+one seed every variant's first hyper step sees the same state: its hypergradient is compared with ``plain``'s.
 
 Run: ``python -m benchmarks.bench_cost --out benchmarks/results/cost.json [--quick] [--device cuda]``:
 about 20 minutes on 2 CPU cores; ``--quick`` (WRN-10-1, batch 16, s = 3) about two minutes.
@@ -27,7 +24,6 @@ import math
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +37,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
-from benchmarks.common import ROOT, stamp, write_json
+from benchmarks.common import run_at_most, stamp, write_json
+from benchmarks.report import cost_table
 from madao_pl.augment import IdentityPolicy, MADAOPolicy, RandAugmentPolicy
 from madao_pl.hyperstep import HyperStepConfig
 from madao_pl.models import WideResNet
@@ -55,6 +52,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """MADAO hyper-step variants: name -> the :class:`HyperStepConfig` fields that differ from its defaults."""
 CASES = ("baseline", "randaugment", *VARIANTS)
 SIZE, CUTOUT = 32, 16
+PRESETS = {
+    "full": {"depth": 28, "width": 2, "batch": 128, "inner_steps": 30},
+    "quick": {"depth": 10, "width": 1, "batch": 16, "inner_steps": 3},
+}
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+KINDS = {"live": LIVE_MEMORY_ENV, "profile": {}, "timed": {}}
+"""Process kinds, in the order they run, and the environment each adds."""
+PROBE_INNER_STEPS, FIXED_WARMUP = 2, 3
+RATIO_METRICS = {
+    "time": ("cases", "time_per_batch_s"),
+    "peak_rss": ("cases", "peak_rss_mb"),
+    "peak_above_setup": ("cases", "peak_above_setup_mb"),
+    "live_peak_rss": ("live_memory", "peak_rss_mb"),
+    "live_peak_above_setup": ("live_memory", "peak_above_setup_mb"),
+    "cuda_peak": ("cases", "cuda_peak_mb"),
+}
+"""Ratio name -> (part of the report, key of a case's record) that it divides."""
+REFERENCES = ("randaugment", "baseline")
 
 
 class SyntheticData(pl.LightningDataModule):
@@ -77,22 +92,15 @@ class SyntheticData(pl.LightningDataModule):
         return DataLoader(self.hyper, batch_size=None)
 
 
-def rss_mb() -> float:
-    """Current resident set size of this process, MiB (Linux ``/proc/self/statm``)."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 class Recorder(pl.Callback):
-    """Times every batch, marks hyper steps, reads memory, records (and profiles) the first hyper step."""
+    """Times every batch as ``(start, end, hyper step?)``, reads the memory after setup; at the first hyper
+    step also fingerprints the weights, keeps the policy's gradient and (``profile``) its profiler ranges."""
 
     def __init__(self, device: torch.device, first_hyper: int | None, profile: bool) -> None:
         self.device, self.first_hyper, self.profile = device, first_hyper, profile
-        self.starts: list[float] = []
-        self.ends: list[float] = []
-        self.is_hyper: list[bool] = []
-        self.setup_rss = self.cuda_setup = 0.0
+        self.batches: list[tuple[float, float, bool]] = []
         self.sections: dict[str, dict[str, float]] = {}
+        self.setup_rss = self.cuda_setup = self._start = 0.0
         self.hypergrad: list[float] | None = None
         self.fingerprint: float | None = None
         self._profiler: profile | None = None
@@ -104,7 +112,8 @@ class Recorder(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, module: MADAOModule) -> None:
         self._sync()
-        self.setup_rss = rss_mb()
+        statm = Path("/proc/self/statm").read_text().split()  # Linux; field 1: resident pages
+        self.setup_rss = int(statm[1]) * resource.getpagesize() / 2**20
         if self.device.type == "cuda":
             self.cuda_setup = torch.cuda.memory_allocated(self.device) / 2**20
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -113,12 +122,12 @@ class Recorder(pl.Callback):
         self._before = int(module.hyper_steps)
         if index == self.first_hyper:
             self.fingerprint = float(sum(p.detach().double().sum() for p in module.parameters()))
-        if index == self.first_hyper and self.profile:
-            cuda = [ProfilerActivity.CUDA] if self.device.type == "cuda" else []
-            self._profiler = profile(activities=[ProfilerActivity.CPU, *cuda])
-            self._profiler.start()
+            if self.profile:
+                cuda = [ProfilerActivity.CUDA] if self.device.type == "cuda" else []
+                self._profiler = profile(activities=[ProfilerActivity.CPU, *cuda])
+                self._profiler.start()
         self._sync()
-        self.starts.append(time.perf_counter())
+        self._start = time.perf_counter()
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: MADAOModule, optimizer: Any) -> None:
         policy = {id(p) for p in module.policy.parameters()}
@@ -128,8 +137,7 @@ class Recorder(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: MADAOModule, *args: Any) -> None:
         self._sync()
-        self.ends.append(time.perf_counter())
-        self.is_hyper.append(int(module.hyper_steps) > self._before)
+        self.batches.append((self._start, time.perf_counter(), int(module.hyper_steps) > self._before))
         if self._profiler is not None:
             self._profiler.stop()
             for event in self._profiler.key_averages():
@@ -148,9 +156,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*(many workers|val_dataloader|LeafSpec).*")
-    device, s = torch.device(args.device), args.inner_steps
+    device, s, learns = torch.device(args.device), args.inner_steps, args.case in VARIANTS
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    learns = args.case in VARIANTS
     hyper = HyperStepConfig(**VARIANTS.get(args.case, {}))
     fixed = {"baseline": IdentityPolicy(), "randaugment": RandAugmentPolicy(num_ops=2, magnitude=0.5)}
     module = MADAOModule(
@@ -168,17 +175,15 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     trainer.fit(module, datamodule=SyntheticData(args.batch, length, args.seed))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
-    marks = recorder.is_hyper
+    marks = [h for _, _, h in recorder.batches]
     if len(marks) != length or (learns and not marks[s - 1]):
-        raise RuntimeError(
-            f"{args.case}: expected {length} batches, a hyper step at batch s - 1; got {marks}"
-        )
-    times = [(end - start, h) for start, end, h in zip(recorder.starts, recorder.ends, marks, strict=True)]
+        raise RuntimeError(f"{args.case}: expected {length} batches, a hyper step at s - 1; got {marks}")
+    times = [(end - start, h) for start, end, h in recorder.batches]
     timed = times[args.warmup :]
     result: dict[str, Any] = {
         "case": args.case,
         "hyper": dataclasses.asdict(hyper) if learns else None,
-        "time_per_batch_s": (recorder.ends[-1] - recorder.starts[args.warmup]) / len(timed),
+        "time_per_batch_s": (recorder.batches[-1][1] - recorder.batches[args.warmup][0]) / len(timed),
         "inner_step_s_median": statistics.median(t for t, h in timed if not h),
         "hyper_step_s": [t for t, h in timed if h],
         "batch_s": [t for t, _ in times],
@@ -198,26 +203,6 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-PRESETS = {
-    "full": {"depth": 28, "width": 2, "batch": 128, "inner_steps": 30},
-    "quick": {"depth": 10, "width": 1, "batch": 16, "inner_steps": 3},
-}
-LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-KINDS = {"live": LIVE_MEMORY_ENV, "profile": {}, "timed": {}}
-"""Process kinds, in the order they run, and the environment each adds."""
-PROBE_INNER_STEPS, FIXED_WARMUP = 2, 3
-RATIO_METRICS = {
-    "time": ("cases", "time_per_batch_s"),
-    "peak_rss": ("cases", "peak_rss_mb"),
-    "peak_above_setup": ("cases", "peak_above_setup_mb"),
-    "live_peak_rss": ("live_memory", "peak_rss_mb"),
-    "live_peak_above_setup": ("live_memory", "peak_above_setup_mb"),
-    "cuda_peak": ("cases", "cuda_peak_mb"),
-}
-"""Ratio name -> (part of the report, key of a case's record) that it divides."""
-REFERENCES = ("randaugment", "baseline")
-
-
 def case_command(case: str, settings: dict[str, Any], out: Path, kind: str) -> list[str]:
     """The command line running one case in its own process (a live or profile probe: one cycle at s = 2,
     no warm-up)."""
@@ -234,29 +219,20 @@ def case_command(case: str, settings: dict[str, Any], out: Path, kind: str) -> l
 
 
 def run_cases(names: list[str], settings: dict[str, Any], work: Path, kind: str) -> dict[str, Any]:
-    """Each case in its own process (live probes two at a time), its log in ``work/<kind>_<case>.log``."""
+    """Each case in its own process (live probes two at a time), its JSON and log ``work/<kind>_<case>.*``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), **KINDS[kind]}
     width = min(2, os.cpu_count() or 1) if kind == "live" else 1
+    stems = {case: work / f"{kind}_{case}" for case in names}
+    commands = [case_command(case, settings, stem.with_suffix(".json"), kind) for case, stem in stems.items()]
+    statuses = run_at_most(commands, width, env, [stem.with_suffix(".log") for stem in stems.values()])
     records = {}
-    for start in range(0, len(names), width):
-        running = []
-        for case in names[start : start + width]:
-            log = open(work / f"{kind}_{case}.log", "w")  # noqa: SIM115 (closed below, after the process)
-            command = case_command(case, settings, work / f"{kind}_{case}.json", kind)
-            running.append((case, log, subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)))
-        for case, log, process in running:
-            status = process.wait()
-            log.close()
-            if status != 0:
-                tail = (work / f"{kind}_{case}.log").read_text()[-3000:]
-                raise RuntimeError(f"cost case {kind} {case} failed (exit {status}):\n{tail}")
-            records[case] = row = json.loads((work / f"{kind}_{case}.json").read_text())
-            hyper = ", ".join(f"{t:.2f}" for t in row["hyper_step_s"]) or "none"
-            print(
-                f"{kind} {case}: {row['time_per_batch_s']:.3f} s/batch (hyper step {hyper} s), peak RSS "
-                f"{row['peak_rss_mb']:.0f} MiB, {row['peak_above_setup_mb']:.0f} above setup",
-                flush=True,
-            )
+    for (case, stem), status in zip(stems.items(), statuses, strict=True):
+        if status != 0:
+            tail = stem.with_suffix(".log").read_text()[-3000:]
+            raise RuntimeError(f"cost case {kind} {case} failed (exit {status}):\n{tail}")
+        records[case] = row = json.loads(stem.with_suffix(".json").read_text())
+        hyper = ", ".join(f"{t:.2f}" for t in row["hyper_step_s"]) or "none"
+        print(f"{kind} {case}: {row['time_per_batch_s']:.3f} s/batch, hyper step {hyper} s", flush=True)
     return records
 
 
@@ -334,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_batches": {c: s if c in VARIANTS else min(FIXED_WARMUP, s) for c in args.cases},
         "live_memory_env": LIVE_MEMORY_ENV if live else None, "probe_inner_steps": PROBE_INNER_STEPS,
     }  # fmt: skip
-    meta = stamp("benchmarks.bench_cost", sys.argv[1:] if argv is None else argv, device=device)
+    meta = stamp("benchmarks.bench_cost", argv, device=device)
     started = time.perf_counter()
     kinds = {"live": args.cases if live else [], "profile": [c for c in args.cases if c in VARIANTS]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -343,10 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         records = {kind: run_cases(kinds.get(kind, args.cases), settings, work, kind) for kind in KINDS}
     report = combine(meta, settings, records)
     write_json(args.out, {**report, "wall_s": time.perf_counter() - started})
-    for case, row in report["ratios"].items():
-        print(f"{case}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
-    for name, row in report["hypergrad_vs_plain"].items():
-        print(f"{name}: hypergradient vs plain {row['rel_diff']:.2e}, cosine {row['cosine']:.6f}")
+    print(cost_table(report, list(report["cases"])))
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
     return 0
 

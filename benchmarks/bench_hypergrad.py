@@ -1,26 +1,13 @@
 """How much signal one MADAO hypergradient carries on digits, where its noise comes from, and what it rewards.
 
-The shipped pieces only: the real config (``madao_pl/conf``, overrides as on the command line), the real
-``MADAOModule`` warmed up through a real ``Trainer`` (``augment.warmup_epochs`` epochs without augmentation,
-as a run's first epochs), then :func:`madao_pl.hyperstep.hyper_step` called again and again at those fixed
-weights (BatchNorm buffers restored before each call), each call with its own draws:
-
-- ``sources``: ``--draws`` hypergradients varying all three random sources (training batch, the policy's
-  and Cutout's draws, hyper-validation batch), then each source alone with the others held fixed. Per
-  parameter group (``logits``, ``probability_raw``, ``magnitude_raw``): the mean pairwise cosine between
-  independent hypergradients and the median over coordinates of ``|mean| / standard error``.
-- ``averaging``: the mean pairwise cosine between averages of ``m`` independent hypergradients (disjoint
-  groups of the ``all`` draws): what averaging ``m`` draws per hyper step would buy.
-- ``estimators``: the ``all`` statistics and the seconds per hypergradient for each variance-reduction
-  option of :data:`ESTIMATORS` (the policy's ``rao_samples`` / ``centered_selection``, the module's
-  ``hyper_train_batches`` k: k training batches per draw).
-- ``val_batch``: the ``all`` cosine with the whole hyper-validation split as the batch.
-- ``reference``: on a few draws, the cosine of the configured hypergradient to the implicit gradient with
-  a damped Hessian solved by CG to convergence (``(H + lambda I)^{-1}``, float64, ``lambda`` =
-  ``--damping``), for the same draw.
-- ``ops``: short-horizon bias. For each op at the policy's initial magnitude, applied to every image of
-  ``--op-batches`` training batches: the training gradient's norm, its inner product and cosine with the
-  validation gradient (the one-step look-ahead's reward is ``-lr <grad f(op(x)), grad g>``).
+The shipped pieces only: the real config (overrides as on the command line), the real ``MADAOModule``
+warmed up through a real ``Trainer`` (``augment.warmup_epochs`` epochs without augmentation), then
+:func:`madao_pl.hyperstep.hyper_step` called again and again at those fixed weights, each call with its own
+draws (:class:`Draws`): per random source of :data:`SOURCES`, per average of ``m`` draws, with the whole
+held-out split as the batch and per option of :data:`ESTIMATORS`, how alike independent hypergradients are
+(:func:`statistics_of`); their cosine to the damped implicit gradient solved to convergence
+(:func:`reference_alignment`); and per op, its training gradient against the validation gradient
+(:func:`op_gradients`: the short-horizon bias of the one-step look-ahead).
 
 Run: ``python -m benchmarks.bench_hypergrad --out benchmarks/results/hypergrad.json [-- OVERRIDE ...]``
 (about five minutes on 2 CPU cores).
@@ -45,12 +32,14 @@ from hydra.utils import instantiate
 from torch import Tensor
 
 from benchmarks.common import RESULTS, stamp, write_json
+from benchmarks.report import hypergrad_body
 from madao_pl.augment.ops import MAGNITUDE_OPS, OPERATIONS, cutout
 from madao_pl.callbacks import WarmupCallback
 from madao_pl.hyperstep import HyperStepConfig, hyper_step
 from madao_pl.module import MADAOModule
 
-SOURCES = ("all", "train_batch", "policy_draws", "val_batch")
+SOURCES = {"all": (1, 1, 1), "train_batch": (1, 0, 0), "policy_draws": (0, 1, 0), "val_batch": (0, 0, 1)}
+"""Random source -> which of (training batch, policy and Cutout draws, hyper-validation batch) vary."""
 ESTIMATORS: dict[str, dict[str, Any]] = {
     "paper": {"rao_samples": 1, "centered_selection": False, "batches": 1},
     "centered": {"rao_samples": 1, "centered_selection": True, "batches": 1},
@@ -63,21 +52,16 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
 
 
 def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
-    """The config's datamodule and module after ``augment.warmup_epochs`` epochs of a real fit."""
+    """The config, its datamodule and its module after ``augment.warmup_epochs`` epochs of a real fit."""
     with initialize_config_module(version_base="1.3", config_module="madao_pl.conf"):
         cfg = compose("config", overrides=["augment=madao", "dataset.datamodule.num_workers=0", *overrides])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.dataset.datamodule)
     module = instantiate(
-        cfg.module,
-        net=instantiate(cfg.model.net, num_classes=cfg.dataset.num_classes),
-        policy=instantiate(cfg.augment.policy),
-        hyper=instantiate(cfg.augment.hyper),
-        num_classes=cfg.dataset.num_classes,
-        mean=datamodule.mean,
-        std=datamodule.std,
-        _convert_="object",
-    )
+        cfg.module, net=instantiate(cfg.model.net, num_classes=cfg.dataset.num_classes),
+        policy=instantiate(cfg.augment.policy), hyper=instantiate(cfg.augment.hyper),
+        num_classes=cfg.dataset.num_classes, mean=datamodule.mean, std=datamodule.std, _convert_="object",
+    )  # fmt: skip
     warmup = cfg.augment.warmup_epochs
     trainer = pl.Trainer(
         max_epochs=warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -89,12 +73,6 @@ def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
     else:
         datamodule.setup("fit")
     return cfg, datamodule, module
-
-
-def groups(module: MADAOModule, hypergrad: tuple[Tensor, ...]) -> dict[str, Tensor]:
-    """The hypergradient by policy parameter name, each flattened (float64)."""
-    names = [n for n, p in module.policy.named_parameters() if p.requires_grad]
-    return {n: g.detach().double().reshape(-1) for n, g in zip(names, hypergrad, strict=True)}
 
 
 def statistics_of(draws: list[dict[str, Tensor]]) -> dict[str, dict[str, float]]:
@@ -112,6 +90,12 @@ def statistics_of(draws: list[dict[str, Tensor]]) -> dict[str, dict[str, float]]
             "norm_of_mean_over_mean_norm": float(mean.norm() / stack.norm(dim=1).mean()),
         }
     return out
+
+
+def averages(draws: list[dict[str, Tensor]], m: int) -> list[dict[str, Tensor]]:
+    """The means of disjoint consecutive groups of ``m`` draws."""
+    groups = [draws[j : j + m] for j in range(0, len(draws) - m + 1, m)]
+    return [{k: torch.stack([d[k] for d in group]).mean(0) for k in draws[0]} for group in groups]
 
 
 def _subset(images: Tensor, labels: Tensor, seed: int, size: int) -> tuple[Tensor, Tensor]:
@@ -150,10 +134,10 @@ class Draws:
         self, train: int, seed: int, val: int, config: HyperStepConfig | None = None,
         val_size: int | None = None, reference: bool = False,
     ) -> dict[str, Tensor]:  # fmt: skip
-        """The hypergradient of one draw; ``reference``: on the float64 copy."""
+        """The hypergradient of one draw by policy parameter name, flattened, float64; ``reference``: on the
+        float64 copy."""
         m = self.reference if reference else self.module
-        state = m.net.state_dict() if reference else self.state
-        saved = copy.deepcopy(state)
+        saved = copy.deepcopy(m.net.state_dict() if reference else self.state)
         dtype = torch.float64 if reference else torch.float32
         (images, labels), (val_images, val_labels) = self.train_batch(train), self.val_batch(val, val_size)
         torch.manual_seed(20_000 + seed)
@@ -163,7 +147,8 @@ class Draws:
             generator=torch.Generator().manual_seed(30_000 + seed),
         )  # fmt: skip
         m.net.load_state_dict(saved)
-        return groups(m, result.hypergrad)
+        names = [n for n, p in m.policy.named_parameters() if p.requires_grad]
+        return {n: g.detach().double().reshape(-1) for n, g in zip(names, result.hypergrad, strict=True)}
 
 
 def reference_alignment(draws: Draws, count: int, damping: float) -> dict[str, Any]:
@@ -184,10 +169,13 @@ def op_gradients(draws: Draws, batches: int) -> dict[str, Any]:
     module, net = draws.module, draws.module.net
     params = [p for p in net.parameters() if p.requires_grad]
     magnitudes = dict(zip(MAGNITUDE_OPS, module.policy.magnitudes()[0].tolist(), strict=True))
-    images, labels = draws.val_batch(0, len(draws.hyper_labels))
+
+    def gradient(images: Tensor, labels: Tensor) -> Tensor:
+        loss = F.cross_entropy(net(module.normalize(images)), labels)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
     net.eval()
-    val_grad = torch.autograd.grad(F.cross_entropy(net(module.normalize(images)), labels), params)
-    v = torch.cat([g.reshape(-1) for g in val_grad])
+    v = gradient(*draws.val_batch(0, len(draws.hyper_labels)))
     net.train()
     out: dict[str, Any] = {}
     for op in (None, *OPERATIONS):
@@ -197,12 +185,10 @@ def op_gradients(draws: Draws, batches: int) -> dict[str, Any]:
             gen = torch.Generator().manual_seed(b)
             if op is not None:
                 mu = torch.full((len(x),), magnitudes.get(op.name, 0.0))
-                sign = torch.where(torch.rand(len(x), generator=gen) < 0.5, -1.0, 1.0)
-                x = op.fn(x, mu, sign)
+                x = op.fn(x, mu, torch.where(torch.rand(len(x), generator=gen) < 0.5, -1.0, 1.0))
             x = cutout(x, module.cutout_size, gen) if module.cutout_size else x
             net.load_state_dict(draws.state)
-            grad = torch.autograd.grad(F.cross_entropy(net(module.normalize(x)), y), params)
-            g = torch.cat([t.reshape(-1) for t in grad])
+            g = gradient(x, y)
             rows.append((float(g.norm()), float(g @ v), float(F.cosine_similarity(g, v, dim=0))))
         net.load_state_dict(draws.state)
         norm, dot, cos = (statistics.fmean(r[k] for r in rows) for k in range(3))
@@ -239,15 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     cfg, datamodule, module = warmed_up(overrides)
-    draws = Draws(module, datamodule, datamodule.batch_size)
-    n = args.draws
-    index = {
-        "all": lambda i: (i, i, i),
-        "train_batch": lambda i: (i, 0, 0),
-        "policy_draws": lambda i: (0, i, 0),
-        "val_batch": lambda i: (0, 0, i),
-    }
-    sampled = {source: [draws.hypergrad(*index[source](i)) for i in range(n)] for source in SOURCES}
+    draws, n = Draws(module, datamodule, datamodule.batch_size), args.draws
+    split = len(draws.hyper_labels)
+    sampled = {s: [draws.hypergrad(*(i * v for v in vary)) for i in range(n)] for s, vary in SOURCES.items()}
+    whole = [draws.hypergrad(i, i, i, val_size=split) for i in range(n)]
     report: dict[str, Any] = {
         "benchmark": "signal and noise of one MADAO hypergradient at fixed weights, digits",
         **stamp("benchmarks.bench_hypergrad", argv),
@@ -256,43 +237,22 @@ def main(argv: list[str] | None = None) -> int:
             "draws": n,
             "warmup_epochs": cfg.augment.warmup_epochs,
             "val_batch": draws.val_size,
-            "hyper_split": len(draws.hyper_labels),
+            "hyper_split": split,
             "hyper": {k: v for k, v in cfg.augment.hyper.items() if k != "_target_"},
             "temperature": cfg.augment.temperature,
         },  # fmt: skip
         "sources": {source: statistics_of(rows) for source, rows in sampled.items()},
+        "averaging": {
+            str(m): statistics_of(averages(sampled["all"], m)) for m in (1, 2, 4, 8) if n // m >= 2
+        },
+        "val_batch": {"size": split, **statistics_of(whole)},
+        "estimators": estimators(draws, n),
+        "reference": reference_alignment(draws, args.reference_draws, args.damping),
+        "ops": op_gradients(draws, args.op_batches),
     }
-    report["averaging"] = {}
-    for m in (1, 2, 4, 8):
-        means = [
-            {k: torch.stack([d[k] for d in sampled["all"][j : j + m]]).mean(0) for k in sampled["all"][0]}
-            for j in range(0, n - m + 1, m)
-        ]
-        if len(means) >= 2:
-            report["averaging"][m] = statistics_of(means)
-    whole = [draws.hypergrad(i, i, i, val_size=len(draws.hyper_labels)) for i in range(n)]
-    report["val_batch"] = {"size": len(draws.hyper_labels), **statistics_of(whole)}
-    report["estimators"] = estimators(draws, n)
-    report["reference"] = reference_alignment(draws, args.reference_draws, args.damping)
-    report["ops"] = op_gradients(draws, args.op_batches)
     report["wall_s"] = time.perf_counter() - started
     write_json(args.out, report)
-    for source, row in report["sources"].items():
-        print(source, {k: round(v["mean_pairwise_cosine"], 3) for k, v in row.items()})
-    print(
-        "averaging",
-        {
-            m: {k: round(v["mean_pairwise_cosine"], 3) for k, v in r.items()}
-            for m, r in report["averaging"].items()
-        },
-    )
-    print(
-        "whole val split",
-        {k: round(v["mean_pairwise_cosine"], 3) for k, v in report["val_batch"].items() if k != "size"},
-    )
-    for name, row in report["estimators"].items():
-        print(name, {k: round(v["mean_pairwise_cosine"], 3) for k, v in row.items() if isinstance(v, dict)})
-    print("reference", report["reference"]["mean"])
+    print("\n".join(hypergrad_body(report)))
     print(f"wrote {args.out} in {report['wall_s']:.0f} s")
     return 0
 

@@ -1,12 +1,10 @@
 """Time the augmentation policies on one CPU batch against kornia's and torchvision's RandAugment.
 
-Cases on one (128, 3, 32, 32) batch in [0, 1]: ``madao_no_grad`` (MADAOPolicy, K = 2, hard draws: the inner
-steps), ``madao_forward_backward`` (relaxed draws + backward to its 78 parameters: the policy's share of a
-hyper step), ``randaugment_no_grad``, ``trivialaugment_no_grad``, ``autoaugment_cifar10_no_grad`` (the fixed
-policies on the same op table), ``kornia_randaugment`` (n=2, m=15, batched: two op calls per *batch*) and
-``torchvision_v2_randaugment_per_sample`` (a DataLoader transform's cost: a Python loop over uint8 images).
-Rounds interleave the cases after warm-up rounds (load hits all alike), once per ``--threads`` value.
-Reports median / min / max ms and ``madao_no_grad / kornia_randaugment`` (medians; target <= 1.5).
+The cases of :func:`make_cases` on one (128, 3, 32, 32) batch in [0, 1]: MADAO's policy (K = 2) with hard
+draws (the inner steps) and with relaxed draws and backward (its share of a hyper step), the fixed policies on
+the same op table, kornia's batched RandAugment (two op calls per *batch*) and torchvision's per-sample one
+(a DataLoader transform's cost). Rounds interleave the cases after warm-up rounds, once per ``--threads``
+value: median / min / max ms and ``madao_no_grad / kornia_randaugment`` (medians; target <= 1.5).
 
 Run: ``python -m benchmarks.bench_policy --out benchmarks/results/policy.json``
 """
@@ -16,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -51,13 +48,11 @@ def make_cases(batch: torch.Tensor, seed: int) -> dict[str, Callable[[], object]
         madao.zero_grad(set_to_none=True)
         (madao(batch, generator=generator) * weights).sum().backward()
 
+    no_grad = {name: partial(policy, batch, generator=generator) for name, policy in fixed.items()}
     return {
         "madao_no_grad": torch.no_grad()(lambda: madao(batch, generator=generator)),
         "madao_forward_backward": madao_forward_backward,
-        **{
-            name: torch.no_grad()(partial(policy, batch, generator=generator))
-            for name, policy in fixed.items()
-        },
+        **{name: torch.no_grad()(call) for name, call in no_grad.items()},
         "kornia_randaugment": torch.no_grad()(lambda: kornia_ra(batch)),
         "torchvision_v2_randaugment_per_sample": lambda: [torchvision_ra(image) for image in batch_uint8],
     }
@@ -90,11 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, a run each"
     )
     parser.add_argument("--seed", type=int, default=0)
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    batch = torch.rand(
-        args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed)
-    )
+    shape = [args.batch, 3, args.size, args.size]
+    batch = torch.rand(*shape, generator=torch.Generator().manual_seed(args.seed))
     runs = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -113,21 +106,23 @@ def main(argv: list[str] | None = None) -> None:
             / madao,
         }
         print(f"threads {threads}: " + ", ".join(f"{n} {r['median_ms']:.2f} ms" for n, r in results.items()))
-    report = {
-        "benchmark": "augmentation policy on one CPU batch",
-        "batch_shape": [args.batch, 3, args.size, args.size],
-        **stamp(
-            "benchmarks.bench_policy", argv, torchvision=torchvision.__version__, kornia=kornia.__version__
-        ),
-        "settings": {
-            "warmup_rounds": args.warmup,
-            "timed_rounds": args.reps,
-            "interleaved": True,
-            "seed": args.seed,
-        },
-        "runs": runs,
+    versions = {"torchvision": torchvision.__version__, "kornia": kornia.__version__}
+    settings = {
+        "warmup_rounds": args.warmup,
+        "timed_rounds": args.reps,
+        "interleaved": True,
+        "seed": args.seed,
     }
-    write_json(args.out, report)
+    write_json(
+        args.out,
+        {
+            "benchmark": "augmentation policy on one CPU batch",
+            "batch_shape": shape,
+            **stamp("benchmarks.bench_policy", argv, **versions),
+            "settings": settings,
+            "runs": runs,
+        },
+    )
     print(f"wrote {args.out}")
 
 

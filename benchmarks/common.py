@@ -1,7 +1,5 @@
-"""What every benchmark's JSON starts with (date, command, machine), and where the results go.
-
-One place for the provenance block, so that ``report.py`` reads the same keys from every result file.
-"""
+"""What the benchmarks share: where results go, the provenance block every result file starts with (so that
+``report.py`` reads the same keys from each), and a launcher for processes that run side by side."""
 
 from __future__ import annotations
 
@@ -9,6 +7,9 @@ import datetime
 import json
 import os
 import platform
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,15 @@ RESULTS = ROOT / "benchmarks" / "results"
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
     info = Path("/proc/cpuinfo")
-    names = (
-        [
-            line.split(":", 1)[1].strip()
-            for line in info.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        if info.is_file()
-        else []
-    )
-    return names[0] if names else platform.processor() or platform.machine()
+    for line in info.read_text().splitlines() if info.is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
-def stamp(module: str, argv: list[str], **extra: Any) -> dict[str, Any]:
-    """Date (UTC), the command that ran (``python -m <module> <argv>``) and the machine it ran on."""
+def stamp(module: str, argv: list[str] | None, **extra: Any) -> dict[str, Any]:
+    """Date (UTC), the command that ran (``python -m <module> <argv>``, default ``sys.argv[1:]``) and the
+    machine it ran on, ``extra`` added."""
     machine = {
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
@@ -48,7 +44,7 @@ def stamp(module: str, argv: list[str], **extra: Any) -> dict[str, Any]:
     }
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "-m", module, *argv]),
+        "command": " ".join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine,
     }
 
@@ -57,3 +53,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` (parents created), indented, ending in a newline."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run_at_most(
+    commands: list[list[str]], width: int, env: dict[str, str], logs: list[Path] | None = None
+) -> Iterator[int]:
+    """Run ``commands`` from the repository root, at most ``width`` at a time, stdout and stderr into ``logs``
+    (default: stdout discarded, stderr shown); yield their exit statuses, in order."""
+    running = []
+    for i, command in enumerate(commands):
+        with open(logs[i] if logs else os.devnull, "w") as log:
+            stderr = subprocess.STDOUT if logs else None
+            running.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=stderr))
+        if len(running) == width:
+            yield running.pop(0).wait()
+    for process in running:
+        yield process.wait()

@@ -41,6 +41,14 @@ RATIO_COLUMNS = {
     "cuda_peak_vs_randaugment": "CUDA peak / RA",
 }
 """cost.json's ratio keys shown, and their column names (RA: RandAugment)."""
+ACCURACY_SECTIONS = (
+    ("inner_steps", "Inner steps s (paper Figure 3), MADAO", "sweep_inner_steps.png"),
+    ("warmup_epochs", "Warm-up epochs w (paper Figure 6), MADAO", "sweep_warmup.png"),
+    ("levers", "Levers: one change to MADAO's defaults each, seeds 0, 1, 2", None),
+    (None, "Selection probabilities over epochs (paper Figures 2 and 4)", "madao_policy_evolution.png"),
+    (None, "Apply probability and magnitude of the top ops (paper Figure 5)", "madao_policy_parameters.png"),
+)
+"""The accuracy page's subsections after the methods table: (table of accuracy.json, heading, plot)."""
 
 
 def load(results_dir: Path, name: str) -> dict[str, Any] | None:
@@ -67,16 +75,17 @@ def block(caption: str, header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def provenance(report: dict[str, Any]) -> str:
-    """When, on what and by which command the numbers of ``report`` were measured."""
+    """When, on what and by which command the numbers of ``report`` were measured (and, per sweep, the runs
+    behind them: ``runs_by``)."""
     m = report["machine"]
     versions = ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "torchvision", "kornia") if m.get(k))
     where = f"{m['cpu_count']} CPU cores ({m.get('cpu')})" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
-    command = report.get("command", "unknown")
     by_invocation: dict[tuple[str, str], list[str]] = {}
     for sweep, run in (report.get("runs_by") or {}).items():
         by_invocation.setdefault((run["date"], run["command"]), []).append(sweep)
     parts = [f"{', '.join(sweeps)}: {date}, `{command}`" for (date, command), sweeps in by_invocation.items()]
     by = f" (the runs: {'; '.join(parts)})" if parts else ""
+    command = report.get("command", "unknown")
     return f"Measured {report['date']} on {where}; {m.get('platform')}; {versions}; by `{command}`{by}."
 
 
@@ -90,21 +99,17 @@ def policy_body(report: dict[str, Any]) -> list[str]:
     ]
     for name, run in report["runs"].items():
         rows = [
-            [f"`{c}`", *(fmt(r[k]) for k in ("median_ms", "min_ms", "max_ms"))]
+            [f"`{c}`", fmt(r["median_ms"]), fmt(r["min_ms"]), fmt(r["max_ms"])]
             for c, r in run["results"].items()
         ]
         load_before = fmt(run["load_average_1_5_15_before"][0], 1)
-        out += block(
-            f"### {name} (1-minute load average before: {load_before})",
-            ["case", "median ms", "min ms", "max ms"],
-            rows,
-        )
-        ratio = run["ratio_madao_no_grad_over_kornia_randaugment"]
+        caption = f"### {name} (1-minute load average before: {load_before})"
+        out += block(caption, ["case", "median ms", "min ms", "max ms"], rows)
         out += [
-            f"MADAO (no grad) / kornia RandAugment, medians: **{fmt(ratio)}** "
+            "MADAO (no grad) / kornia RandAugment, medians: "
+            f"**{fmt(run['ratio_madao_no_grad_over_kornia_randaugment'])}** "
             f"({'within' if run['ratio_within_target'] else 'above'} the target {fmt(run['ratio_target'])}). "
-            "MADAO forward+backward / no grad: "
-            f"{fmt(run['ratio_madao_forward_backward_over_no_grad'])}.",
+            f"MADAO forward+backward / no grad: {fmt(run['ratio_madao_forward_backward_over_no_grad'])}.",
             "",
         ]
     return out
@@ -130,9 +135,10 @@ def cost_table(report: dict[str, Any], cases: list[str]) -> str:
     return markdown_table([*header, *(RATIO_COLUMNS[k] for k in keys)], rows)
 
 
-def cost_setting(report: dict[str, Any]) -> str:
-    """What the cost benchmark ran, in one paragraph."""
-    s = report["settings"]
+def cost_body(report: dict[str, Any]) -> list[str]:
+    """What ran, the cost table, the hyper step by profiler range, the variants' hypergradients against
+    ``plain``'s."""
+    s, profiles = report["settings"], report["profiles"]
     text = (
         f"{s['model']}, batch {s['batch']}, synthetic {s['image_size']}x{s['image_size']} images, Cutout "
         f"{s['cutout']}, {s['optimizer']}; s = {s['inner_steps']}; {s['device']}, {s['threads']} torch "
@@ -147,13 +153,7 @@ def cost_setting(report: dict[str, Any]) -> str:
             f" Live: each case once more, one cycle at s = {s['probe_inner_steps']}, under {live} (freed "
             "tensors leave the resident set at once: the RSS follows the live tensors)."
         )
-    return text + (" **Quick mode** (smoke-test scale)." if s["quick"] else "")
-
-
-def cost_body(report: dict[str, Any]) -> list[str]:
-    """The cost table, the hyper step by profiler range, the variants' hypergradients against ``plain``'s."""
-    profiles, s = report["profiles"], report["settings"]
-    out = [cost_setting(report), "", cost_table(report, list(report["cases"])), ""]
+    text += " **Quick mode** (smoke-test scale)." if s["quick"] else ""
     ranges = {
         k: [p["sections_s"].get(k, {}) for p in profiles.values()]
         for p in profiles.values()
@@ -164,6 +164,7 @@ def cost_body(report: dict[str, Any]) -> list[str]:
         for k, v in ranges.items()
     ]
     header = ["range", *(f"{n} s" for n in profiles), *(f"{n} calls" for n in profiles)]
+    out = [text, "", cost_table(report, list(report["cases"])), ""]
     out += block(
         "The hyper step by its `torch.profiler` ranges (CPU time), a separate process per variant, one cycle "
         f"at s = {s['probe_inner_steps']} (the profiler slows the step and its buffers take GBs):",
@@ -190,10 +191,9 @@ def cost_summary(report: dict[str, Any] | None) -> str:
         f"MADAO's cost at s = {s['inner_steps']} against RandAugment (RA) on the same module ({s['model']}, "
         f"batch {s['batch']}, synthetic {s['image_size']}x{s['image_size']}, through "
         f"`pytorch_lightning.Trainer`, each case in its own process; {report['date']}, "
-        f"`{report['command']}`). "
-        "Live: RSS under a fixed glibc mmap threshold, so that it follows the live tensors. The paper (GPU, "
-        f"against no augmentation): time 1.7, memory 1.94. Hypergradient's relative difference to `plain`: "
-        f"{grads or '—'}."
+        f"`{report['command']}`). Live: RSS under a fixed glibc mmap threshold, so that it follows the live "
+        "tensors. The paper (GPU, against no augmentation): time 1.7, memory 1.94. Hypergradient's relative "
+        f"difference to `plain`: {grads or '—'}."
     )
     return f"{caption}\n\n{cost_table(report, [n for n in report['cases'] if n in s['variants']])}"
 
@@ -216,36 +216,21 @@ def accuracy_caption(report: dict[str, Any]) -> str:
 
 
 def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -> list[str]:
-    """summarize.py's tables of the three multiruns, the sweep plots and the learned policy's plots."""
+    """summarize.py's tables of the sweeps, their plots, the learned policy's plots, the levers' overrides and
+    how far each policy moved."""
     tables, failed = report["tables"], {n: s for n, s in report["sweep_exit_status"].items() if s}
     out = [accuracy_caption(report), ""]
     if failed or report["problems"]:
-        out += [
-            f"**Incomplete**: sweep exit statuses {failed or 'all 0'}; problems listed under the tables.",
-            "",
-        ]
+        statuses = failed or "all 0"
+        out += [f"**Incomplete**: sweep exit statuses {statuses}; problems listed under the tables.", ""]
     out += [tables.get("methods", "").rstrip(), ""]
-    for key, heading, image in (
-        ("inner_steps", "Inner steps s (paper Figure 3), MADAO", "sweep_inner_steps.png"),
-        ("warmup_epochs", "Warm-up epochs w (paper Figure 6), MADAO", "sweep_warmup.png"),
-        ("levers", "Levers: one change to MADAO's defaults each, seeds 0, 1, 2", None),
-        (None, "Selection probabilities over epochs (paper Figures 2 and 4)", "madao_policy_evolution.png"),
-        (
-            None,
-            "Apply probability and magnitude of the top ops (paper Figure 5)",
-            "madao_policy_parameters.png",
-        ),
-    ):
+    for key, heading, image in ACCURACY_SECTIONS:
+        table = [tables[key].rstrip(), ""] if key in tables else []
         link = Path(os.path.relpath(results_dir / (image or ""), readme_dir)).as_posix()
         shown = [f"![{heading}]({link})", ""] if image and (results_dir / image).is_file() else []
-        table = [tables[key].rstrip(), ""] if key in tables else []
-        out += [f"### {heading}", "", *table, *shown] if shown or table else []
-    if report.get("levers"):
-        rows = [
-            [f"`{name}`", " ".join(f"`{o}`" for o in overrides)]
-            for name, overrides in report["levers"].items()
-        ]
-        out += block("The levers' overrides:", ["lever", "overrides"], rows)
+        out += [f"### {heading}", "", *table, *shown] if table or shown else []
+    levers = [[f"`{name}`", " ".join(f"`{o}`" for o in v)] for name, v in report.get("levers", {}).items()]
+    out += block("The levers' overrides:", ["lever", "overrides"], levers)
     return out + movement_table(report.get("movement", []))
 
 
@@ -276,26 +261,22 @@ def movement_table(movement: list[dict[str, Any]]) -> list[str]:
 
 
 def hypergrad_body(report: dict[str, Any]) -> list[str]:
-    """Per source / averaging / batch: mean pairwise cosine and median |mean| / SE per parameter group;
-    the alignment with the damped implicit gradient; the per-op gradients (short-horizon bias)."""
-    s, names = report["settings"], list(report["sources"]["all"])
-    rows = [
-        [
-            label,
-            *(f"{r[n]['mean_pairwise_cosine']:.3f} / {r[n]['median_abs_mean_over_se']:.2f}" for n in names),
-        ]
-        for label, r in [
-            *((f"`{k}` varies", v) for k, v in report["sources"].items()),
-            *((f"average of {m} draws", v) for m, v in report["averaging"].items() if m != "1"),
-            (f"whole held-out split ({report['val_batch']['size']}) as the batch", report["val_batch"]),
-        ]
+    """Per source / averaging / batch: mean pairwise cosine and median |mean| / SE per parameter group; the
+    variance-reduction options; the alignment with the damped implicit gradient; the per-op gradients."""
+    s, names, ref = report["settings"], list(report["sources"]["all"]), report["reference"]
+    draws = [
+        *((f"`{k}` varies", v) for k, v in report["sources"].items()),
+        *((f"average of {m} draws", v) for m, v in report["averaging"].items() if m != "1"),
+        (f"whole held-out split ({report['val_batch']['size']}) as the batch", report["val_batch"]),
     ]
+    cell = "{0[mean_pairwise_cosine]:.3f} / {0[median_abs_mean_over_se]:.2f}"
+    rows = [[label, *(cell.format(r[n]) for n in names)] for label, r in draws]
     out = [
         f"After {s['warmup_epochs']} warm-up epochs of a real fit (overrides {s['overrides'] or 'none'}; "
         f"hyper step {s['hyper']}, held-out batch {s['val_batch']} of {s['hyper_split']}), {s['draws']} "
-        "hypergradients "
-        "at the same weights, each with its own draws. Cell: mean pairwise cosine between independent "
-        "hypergradients / median over coordinates of |mean| / standard error (1.0 / large: all signal).",
+        "hypergradients at the same weights, each with its own draws. Cell: mean pairwise cosine between "
+        "independent hypergradients / median over coordinates of |mean| / standard error (1.0 / large: all "
+        "signal).",
         "",
         markdown_table(["draws", *names], rows),
         "",
@@ -312,11 +293,10 @@ def hypergrad_body(report: dict[str, Any]) -> list[str]:
         "(`augment.hyper_train_batches`). Cell: mean pairwise cosine."
     )
     out += block(caption, ["option", "S", "centered", "k", "s / draw", *names], rows)
-    ref = report["reference"]
-    mean = ", ".join(f"{n} {v:.3f}" for n, v in ref["mean"].items())
     out += [
         f"Cosine to the implicit gradient with a damped Hessian (lambda = {ref['damping']}, float64 CG to "
-        f"convergence), same draws, mean of {len(ref['draws'])}: {mean}.",
+        f"convergence), same draws, mean of {len(ref['draws'])}: "
+        f"{', '.join(f'{n} {v:.3f}' for n, v in ref['mean'].items())}.",
         "",
     ]
     rows = [[f"`{op}`", fmt(r["grad_norm"], 3), fmt(r["inner_product"], 4), fmt(r["cosine"], 3)]
@@ -382,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=RESULTS.parent / "README.md")
-    parser.add_argument(
-        "--top-readme", type=Path, default=ROOT / "README.md", help="README whose results part to update"
-    )
+    parser.add_argument("--top-readme", type=Path, default=ROOT / "README.md", help="README to update")
     parser.add_argument("--no-top-readme", action="store_true", help="leave the top README alone")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)

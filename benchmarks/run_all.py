@@ -1,13 +1,11 @@
 """Run the benchmarks, each in its own process (a failure stops none of the others), then the READMEs.
 
-Full (``make bench``): policy speed, MADAO's cost, test error on digits and the hypergradient's signal
-and noise into ``benchmarks/results/``
-(about an hour on 2 CPU cores), then ``benchmarks/README.md`` and the top README's results part.
-``--quick`` (``make bench-quick``): the cost benchmark's quick mode alone, into ``outputs/bench/quick/``
-with its own README there, so quick numbers never replace the published ones. Each benchmark's output goes
-to ``outputs/bench/logs/<name>.log``; the exit status is 1 when one failed.
+Full (``make bench``, about an hour on 2 CPU cores): every benchmark into ``benchmarks/results/``, then
+``benchmarks/README.md`` and the top README's results part. ``--quick`` (``make bench-quick``): the cost
+benchmark's quick mode alone, into ``outputs/bench/quick/`` with its own README there, so quick numbers
+never replace the published ones. Logs: ``outputs/bench/logs/<name>.log``; exit status 1 when one failed.
 
-Run: ``python -m benchmarks.run_all [--quick] [--only policy cost accuracy] [--no-report]``.
+Run: ``python -m benchmarks.run_all [--quick] [--only policy cost accuracy hypergrad] [--no-report]``.
 """
 
 from __future__ import annotations
@@ -20,7 +18,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT
+from benchmarks.report import BENCHMARKS
 
+NAMES = list(BENCHMARKS)
 QUICK = "outputs/bench/quick"
 
 
@@ -32,7 +32,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
         }
     return {
         name: [sys.executable, "-m", f"benchmarks.bench_{name}", "--out", f"benchmarks/results/{name}.json"]
-        for name in ("policy", "cost", "accuracy", "hypergrad")
+        for name in NAMES
     }
 
 
@@ -45,9 +45,7 @@ def report_command(quick: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the cost benchmark alone, in its --quick mode")
-    parser.add_argument(
-        "--only", nargs="+", choices=["policy", "cost", "accuracy", "hypergrad"], help="run only these"
-    )
+    parser.add_argument("--only", nargs="+", choices=NAMES, help="run only these")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate the README")
     parser.add_argument("--logs", type=Path, default=ROOT / "outputs" / "bench" / "logs")
     args = parser.parse_args(argv)
@@ -58,18 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         todo["report"] = report_command(args.quick)
     args.logs.mkdir(parents=True, exist_ok=True)
+    env = {"WANDB_MODE": "disabled", **os.environ, "PYTHONUNBUFFERED": "1"}
     failed = []
     for name, command in todo.items():
-        print(f"=== {name}: {' '.join(command)} (log: {args.logs / name}.log)", flush=True)
+        log = args.logs / f"{name}.log"
+        print(f"=== {name}: {' '.join(command)} (log: {log})", flush=True)
         start = time.perf_counter()
-        with open(args.logs / f"{name}.log", "w") as log:
-            env = {"WANDB_MODE": "disabled", **os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(log, "w") as handle:
             status = subprocess.run(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
             ).returncode
         if status:
             failed.append(name)
-        state = "ok" if status == 0 else f"FAILED (exit {status}), see {args.logs / name}.log"
+        state = f"FAILED (exit {status}), see {log}" if status else "ok"
         print(f"=== {name}: {state} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     print(f"{len(failed)} failed: {', '.join(failed)}" if failed else "all benchmarks ok")
     return 1 if failed else 0
