@@ -122,9 +122,10 @@ def cost_table(report: dict[str, Any], cases: list[str]) -> str:
     rows = []
     for name in cases:
         r, hyper = report["cases"][name], variants.get(name) or {}
-        settings = " ".join(
-            f"{k}={str(hyper[k]).lower()}" for k in ("neumann_tol", "recompute") if k in hyper
-        )
+        shown = {k: hyper[k] for k in ("neumann_tol", "recompute") if k in hyper}
+        if hyper.get("num_classes"):  # a class-conditional policy
+            shown["classes"] = hyper["num_classes"]
+        settings = " ".join(f"{k}={str(v).lower()}" for k, v in shown.items())
         rows.append([
             f"`{name}`", settings, fmt(r["time_per_batch_s"], 3), fmt(r["inner_step_s_median"], 3),
             ", ".join(fmt(t, 3) for t in r["hyper_step_s"]) or "—",

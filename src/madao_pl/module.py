@@ -208,7 +208,7 @@ class MADAOModule(pl.LightningModule):
         if result.info.alpha is not None:
             metrics["hyper/neumann_alpha"] = result.info.alpha
         if hasattr(self.policy, "entropy"):
-            metrics["policy/entropy"] = float(self.policy.entropy())
+            metrics["policy/entropy"] = float(self.policy.entropy().detach())
         log_to_every_logger(self.trainer, metrics)  # every hyper step, whatever log_every_n_steps is
         return result.train_loss
 
