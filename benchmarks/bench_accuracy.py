@@ -40,9 +40,11 @@ SWEEPS = {
     "inner_steps": "bench_inner_steps",
     "warmup_epochs": "bench_warmup",
     "levers": "bench_levers",
+    "classes": "bench_classes",
 }
 """Sweep -> its experiment config; ``replay`` retrains, from scratch, with each ``methods`` MADAO run's final
-policy (``augment=replay``, same data set and seed): does the learned policy itself transfer?"""
+policy (``augment=replay``, same data set and seed): does the learned policy itself transfer? ``classes``:
+class-conditional MADAO (``augment=madao_class``), whose rows join the methods table."""
 PLOTS = {"inner_steps": "sweep_inner_steps.png", "warmup_epochs": "sweep_warmup.png"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 """What the environment of every run adds."""
@@ -157,6 +159,30 @@ def lever_table(methods: list[Run], levers: list[Run], levers_dir: Path) -> str:
     return "Error (%), mean ± sample std (runs):\n\n" + markdown_table(header, rows) + "\n"
 
 
+def class_policy(run_dir: Path, top: int = 2) -> dict[str, Any] | None:
+    """What a class-conditional run learned, from its ``policy.json``: per class, the ops whose effective use
+    (selection x apply, summed over stages) it lowered and raised most against the shared part's, and by how
+    much; ``None`` without the file."""
+    path = run_dir / "policy.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+
+    def use(stages: list[dict[str, Any]]) -> dict[str, float]:
+        ops = [op for op in stages[0] if op != "Identity"]
+        return {op: sum(s[op]["selection"] * s[op]["apply"] for s in stages) for op in ops}
+
+    shared = use(data["describe"]["stages"])
+    per_class = {}
+    for name, stages in data["classes"].items():
+        change = sorted(((u - shared[op], op) for op, u in use(stages).items()))
+        per_class[name] = {
+            "lowered": [[op, d] for d, op in change[:top]],
+            "raised": [[op, d] for d, op in change[-top:][::-1]],
+        }
+    return {"run": str(run_dir), "shared_use": shared, "classes": per_class}
+
+
 def settings_of(run: Run) -> dict[str, Any]:
     """The shared settings, read from a MADAO run's config (not assumed)."""
     s = run.settings
@@ -184,7 +210,9 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
     movement = []
     for name in (n for n in SWEEPS if n != "replay"):
         runs, problems = collect(
-            [runs_dir / name, runs_dir / "replay"] if name == "methods" else [runs_dir / name]
+            [runs_dir / name, runs_dir / "replay", runs_dir / "classes"]
+            if name == "methods"
+            else [runs_dir / name]
         )
         found[name] = runs
         if runs:
@@ -197,7 +225,9 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
                 title = f"{runs[0].dataset}, {runs[0].model}, seeds {sorted({r.seed for r in runs}, key=str)}"
                 plot_table(table, out.parent / PLOTS[name], title)
         all_problems += problems
-        for r in (r for r in runs if r.augment.startswith("madao") and name in ("methods", "levers")):
+        for r in (
+            r for r in runs if r.augment.startswith("madao") and name in ("methods", "levers", "classes")
+        ):
             group = lever_of(r, runs_dir / name) if name == "levers" else r.augment
             moved = policy_movement(r.path.parent)
             if moved:
@@ -212,10 +242,13 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
     madao = sorted(
         (r for r in found["methods"] if r.augment == "madao"), key=lambda r: (r.dataset, str(r.seed))
     )
-    for run in madao[:1]:
-        for name in ("policy_evolution.png", "policy_parameters.png"):
-            if (run.path.parent / name).is_file():
-                shutil.copyfile(run.path.parent / name, out.parent / f"madao_{name}")
+    classes = sorted(
+        (r for r in found.get("classes", []) if r.dataset == "digits"), key=lambda r: str(r.seed)
+    )
+    for run, name in [*((r, n) for r in madao[:1] for n in ("policy_evolution.png", "policy_parameters.png")),
+                      *((r, "policy_classes.png") for r in classes[:1])]:  # fmt: skip
+        if (run.path.parent / name).is_file():
+            shutil.copyfile(run.path.parent / name, out.parent / f"{run.augment}_{name}")
     seeds = sorted({r["seed"] for r in records["methods"]}, key=str)
     per_dataset = {run.dataset: settings_of(run) for run in reversed(madao)}
     return {
@@ -227,6 +260,7 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
         "tables": tables,
         "runs": records,
         "movement": movement,
+        "class_policy": class_policy(classes[0].path.parent) if classes else None,
         "levers": LEVERS,
         "problems": all_problems,
         "complete": not all_problems and all(status == 0 for status in statuses.values()),

@@ -47,6 +47,11 @@ ACCURACY_SECTIONS = (
     ("levers", "Levers: one change to MADAO's defaults each, seeds 0, 1, 2", None),
     (None, "Selection probabilities over epochs (paper Figures 2 and 4)", "madao_policy_evolution.png"),
     (None, "Apply probability and magnitude of the top ops (paper Figure 5)", "madao_policy_parameters.png"),
+    (
+        None,
+        "Class-conditional MADAO on digits, seed 0: effective use per digit",
+        "madao_class_policy_classes.png",
+    ),
 )
 """The accuracy page's subsections after the methods table: (table of accuracy.json, heading, plot)."""
 
@@ -232,7 +237,24 @@ def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -
         out += [f"### {heading}", "", *table, *shown] if table or shown else []
     levers = [[f"`{name}`", " ".join(f"`{o}`" for o in v)] for name, v in report.get("levers", {}).items()]
     out += block("The levers' overrides:", ["lever", "overrides"], levers)
-    return out + movement_table(report.get("movement", []))
+    return out + movement_table(report.get("movement", [])) + class_policy_table(report.get("class_policy"))
+
+
+def class_policy_table(learned: dict[str, Any] | None) -> list[str]:
+    """Per class of the class-conditional run: the ops whose use it lowered and raised most against the
+    shared part's (bench_accuracy.class_policy)."""
+    if not learned:
+        return []
+
+    def ops(pairs: list[list[Any]]) -> str:
+        return ", ".join(f"{op} {fmt(change, 3)}" for op, change in pairs)
+
+    rows = [[f"`{name}`", ops(c["lowered"]), ops(c["raised"])] for name, c in learned["classes"].items()]
+    caption = (
+        "What the class-conditional run (digits, seed 0) learned per class: the ops whose effective use "
+        "(selection x apply, summed over the stages) it lowered and raised most against the shared part's."
+    )
+    return block(caption, ["class", "lowered most", "raised most"], rows)
 
 
 def movement_table(movement: list[dict[str, Any]]) -> list[str]:

@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Any
 
 METHOD_ORDER = ("baseline", "autoaugment", "randaugment", "trivialaugment", "madao")
-METHOD_ORDER += ("madao_paper", "madao_initial", "replay")
+METHOD_ORDER += ("madao_class", "madao_paper", "madao_initial", "replay")
 METHOD_LABELS = {
     "baseline": "Baseline",
     "autoaugment": "AutoAugment",
     "randaugment": "RandAugment",
     "trivialaugment": "TrivialAugment",
     "madao": "MADAO",
+    "madao_class": "MADAO, class-conditional",
     "madao_paper": "MADAO (paper settings)",
     "madao_initial": "MADAO's initial policy, frozen",
     "replay": "MADAO's learned policy, replayed",

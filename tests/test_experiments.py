@@ -244,6 +244,16 @@ def test_make_run_takes_enough_hyper_steps_for_its_plots(hydra_context: None) ->
     assert cfg.augment.name == "madao" and planned >= 100, planned
 
 
+def test_the_class_conditional_sweep(sweeps: dict) -> None:
+    """bench_classes: class-conditional MADAO on both digits variants x three seeds, ten classes each."""
+    assert grid(sweeps, "bench_classes", "dataset", "augment", "seed") == {
+        (d, "madao_class", s) for d in ("digits", "digits_low") for s in (0, 1, 2)
+    }
+    cfg = _compose("experiment=bench_classes", "augment=madao_class")
+    check_config(cfg)
+    assert cfg.augment.policy.num_classes == 10 and cfg.augment.policy.class_offset_decay == 1e-3
+
+
 def test_the_lever_sweep_and_every_lever_composes(sweeps: dict) -> None:
     """bench_levers: MADAO on both digits variants x three seeds; each lever of bench_accuracy.LEVERS is a
     valid override list that changes what it says and passes madao_pl.run's checks."""
