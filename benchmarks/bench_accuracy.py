@@ -210,7 +210,7 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
     movement = []
     for name in (n for n in SWEEPS if n != "replay"):
         runs, problems = collect(
-            [runs_dir / name, runs_dir / "replay", runs_dir / "classes"]
+            [runs_dir / name, *(d for d in (runs_dir / "replay", runs_dir / "classes") if d.is_dir())]
             if name == "methods"
             else [runs_dir / name]
         )

@@ -145,6 +145,14 @@ def fake_sweeps(root: Path) -> None:
             if method == "madao" and seed == 0:
                 (out / "policy_evolution.png").write_bytes(b"png")
     write_run(root / "replay", "digits_0", "digits", "cnn", "replay", 0, 0.043)
+    conditional = write_run(root / "classes", "0", "digits", "cnn", "madao_class", 0, 0.042)
+    shared = [{"A": {"selection": 0.5, "apply": 0.4, "magnitude": 0.5}, "B": {"selection": 0.5, "apply": 0.2,
+                                                                            "magnitude": None}}]  # fmt: skip
+    own = [{"A": {**shared[0]["A"], "apply": 0.1}, "B": {**shared[0]["B"], "apply": 0.6}}]
+    (conditional / "policy.json").write_text(
+        json.dumps({"describe": {"stages": shared}, "classes": {"7": own}})
+    )
+    (conditional / "policy_classes.png").write_bytes(b"heat")
     lever = write_run(root / "levers" / "rao16_centered", "0", "digits", "cnn", "madao", 0, 0.041, lr=0.2)
     history = ["hyper_step,epoch,global_step,stage,op,selection,apply,magnitude"]
     for step, (sel, app, mag) in enumerate([(0.5, 0.2, 0.6), (0.4, 0.1, 0.7)]):  # 2 ops, 1 stage
@@ -165,10 +173,14 @@ def test_accuracy_report_from_the_multirun_directories(tmp_path: Path) -> None:
     assert list(accuracy["settings"]["datasets"]) == ["digits"] and accuracy["settings"]["seeds"] == [0, 1, 2]
     assert digits["inner_steps"] == 30 and digits["warmup_epochs"] == 20
     methods = accuracy["tables"]["methods"]
-    assert "| digits | cnn | 5.00 ± 0.20 (3) | 4.70 (1) | 4.50 ± 0.10 (3) | 4.30 (1) |" in methods
-    assert "MADAO's learned policy, replayed" in methods
+    assert "| digits | cnn | 5.00 ± 0.20 (3) | 4.70 (1) | 4.50 ± 0.10 (3) | 4.20 (1) | 4.30 (1) |" in methods
+    assert "MADAO's learned policy, replayed" in methods and "MADAO, class-conditional" in methods
+    learned = accuracy["class_policy"]["classes"]["7"]  # use A 0.2 -> 0.05, B 0.1 -> 0.3
+    assert learned["lowered"][0][0] == "A" and learned["lowered"][0][1] == pytest.approx(-0.15)
+    assert learned["raised"][0][0] == "B" and learned["raised"][0][1] == pytest.approx(0.2)
+    assert (out.parent / "madao_class_policy_classes.png").read_bytes() == b"heat"
     assert "| digits | cnn | MADAO | 5.50 (1) | 8.00 (1) |" in accuracy["tables"]["inner_steps"]
-    assert len(accuracy["runs"]["methods"]) == 8 and accuracy["runs"]["inner_steps"][0]["augment"] == "madao"
+    assert len(accuracy["runs"]["methods"]) == 9 and accuracy["runs"]["inner_steps"][0]["augment"] == "madao"
     assert (out.parent / "sweep_inner_steps.png").stat().st_size > 0
     assert (out.parent / "sweep_warmup.png").stat().st_size > 0
     assert (out.parent / "madao_policy_evolution.png").read_bytes() == b"png"
@@ -186,6 +198,8 @@ def test_accuracy_report_from_the_multirun_directories(tmp_path: Path) -> None:
     assert "![Inner steps s (paper Figure 3), MADAO](results/sweep_inner_steps.png)" in readme
     assert "(results/madao_policy_evolution.png)" in readme and "Incomplete" not in readme
     assert accuracy["tables"]["levers"].rstrip() in readme and "| `rao16_centered` |" in readme
+    assert "| `7` | A -0.150, B 0.200 | B 0.200, A -0.150 |" in readme
+    assert "(results/madao_class_policy_classes.png)" in readme
     assert "| levers `rao16_centered` | digits | 1 | 10 | 0.1000 | 0.1000 | 0.1000 | 0.20 -> 0.10 |" in readme
     summary = report.top_readme_summary(out.parent)
     assert summary.startswith("digits: model `cnn`") and methods.rstrip() in summary
