@@ -49,6 +49,11 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "rao16_centered_k8": {"rao_samples": 16, "centered_selection": True, "batches": 8},
 }
 """Variance-reduction options measured side by side: policy attributes and training batches per draw."""
+SOLVERS: dict[str, dict[str, Any]] = {
+    "curvature_alpha0.5_J20": {"neumann_alpha_scale": 0.5, "neumann_steps": 20, "neumann_tol": 0.0},
+    "damped_cg10": {"method": "cg", "cg_iterations": 10, "damping": 1.0},
+}
+"""Other inverse-Hessian solvers (HyperStepConfig fields) whose alignment with the reference is measured."""
 
 
 def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
@@ -152,15 +157,33 @@ class Draws:
 
 
 def reference_alignment(draws: Draws, count: int, damping: float) -> dict[str, Any]:
-    """Cosine of the configured hypergradient to the damped implicit one (float64 CG to convergence) for the
-    same draws."""
+    """Cosine of the configured hypergradient, and of each :data:`SOLVERS` one, to the damped implicit one
+    (float64 CG to convergence) for the same draws."""
     config = HyperStepConfig(method="cg", cg_iterations=1000, cg_tol=1e-8, damping=damping)
-    rows = []
-    for i in range(count):
-        fast, reference = draws.hypergrad(i, i, i), draws.hypergrad(i, i, i, config, reference=True)
-        rows.append({n: float(F.cosine_similarity(fast[n], reference[n], dim=0)) for n in fast})
-    mean = {n: statistics.fmean(r[n] for r in rows) for n in rows[0]}
-    return {"damping": damping, "solver": str(config), "draws": rows, "mean": mean}
+    references = [draws.hypergrad(i, i, i, config, reference=True) for i in range(count)]
+    options = {"configured": None, **{k: HyperStepConfig(**v) for k, v in SOLVERS.items()}}
+    cosines: dict[str, list[dict[str, float]]] = {}
+    for name, option in options.items():
+        rows = [draws.hypergrad(i, i, i, option) for i in range(count)]
+        cosines[name] = [
+            {n: float(F.cosine_similarity(row[n], ref[n], dim=0)) for n in row}
+            for row, ref in zip(rows, references, strict=True)
+        ]
+
+    def mean(rows: list[dict[str, float]]) -> dict[str, float]:
+        return {n: statistics.fmean(r[n] for r in rows) for n in rows[0]}
+
+    solvers = {
+        name: {**SOLVERS[name], "mean": mean(rows)} for name, rows in cosines.items() if name in SOLVERS
+    }
+    draws_ = cosines["configured"]
+    return {
+        "damping": damping,
+        "solver": str(config),
+        "draws": draws_,
+        "mean": mean(draws_),
+        "solvers": solvers,
+    }
 
 
 def op_gradients(draws: Draws, batches: int) -> dict[str, Any]:

@@ -322,6 +322,10 @@ def hypergrad_body(report: dict[str, Any]) -> list[str]:
         f"{', '.join(f'{n} {v:.3f}' for n, v in ref['mean'].items())}.",
         "",
     ]
+    for name, solver in ref.get("solvers", {}).items():
+        settings = ", ".join(f"{k}={v}" for k, v in solver.items() if k != "mean")
+        cosines = ", ".join(f"{n} {v:.3f}" for n, v in solver["mean"].items())
+        out += [f"The same for `{name}` ({settings}): {cosines}.", ""]
     rows = [[f"`{op}`", fmt(r["grad_norm"], 3), fmt(r["inner_product"], 4), fmt(r["cosine"], 3)]
             for op, r in report["ops"].items()]  # fmt: skip
     caption = (
