@@ -55,7 +55,7 @@ class SyncCheck(pl.Callback):
             generator.set_state(pl_module.policy.generator.get_state())
             images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
             with torch.no_grad():
-                out = pl_module.policy(images, generator=generator)
+                out = pl_module.policy(images, generator=generator, labels=torch.arange(16) % 10)
             gathered = pl_module.all_gather(out)
             self.augmentations_differ = bool((gathered[0] - gathered[1]).abs().max() > 0)
         if int(pl_module.hyper_steps) != self._seen:
@@ -84,9 +84,12 @@ class SyncCheck(pl.Callback):
 
 @pytest.mark.slow
 def test_two_process_cpu_ddp_keeps_ranks_identical(tmp_path: Path) -> None:
+    """Class-conditional MADAO (its shared part is global MADAO's policy, plus per-class offsets): every rank
+    holds the same policy and network after every hyper step, while each draws its own augmentations."""
     cfg = compose_config(
         tmp_path,
         *TINY,
+        "augment=madao_class",
         "trainer=ddp_cpu",
         "trainer.max_epochs=2",
         "augment.inner_steps=2",
@@ -302,7 +305,7 @@ def test_non_finite_hypergradient_skips_the_policy_step(
         return result
 
     monkeypatch.setattr(module_lib, "hyper_step", first_call_nan)
-    module = make_module(MADAOPolicy(), inner_steps=1)
+    module = make_module(MADAOPolicy(num_classes=2), inner_steps=1)  # class-conditional: offsets skip too
     before = _flat(module.policy.parameters()).clone()
     snapshots = []
 
