@@ -4,9 +4,9 @@
 - :mod:`~madao_pl.augment.stage`: `StageSample`, `apply_stage` (one stage, grouped by op) and the
   random draws;
 - :mod:`~madao_pl.augment.base`: `Policy` and `describe_stage`, the one description schema;
-- :mod:`~madao_pl.augment.madao`: `MADAOPolicy` (trained with the network), `ReplayPolicy` (a learned policy,
-  frozen)
-  and the policy JSON format;
+- :mod:`~madao_pl.augment.madao`: `MADAOPolicy` (trained with the network; optionally with an Identity
+  choice and per-class offsets), `ReplayPolicy` (a learned policy, frozen);
+- :mod:`~madao_pl.augment.policy_json`: their JSON format;
 - :mod:`~madao_pl.augment.baselines`: `RandAugmentPolicy`, `TrivialAugmentPolicy`, `AutoAugmentPolicy`,
   `IdentityPolicy`, all through the same `apply_stage`;
 - :mod:`~madao_pl.augment.autoaugment_tables`: the published AutoAugment sub-policies, as data.

@@ -21,25 +21,7 @@ have it). It has no apply probability or magnitude; its apply weight is 0.
 Both draw their stages the same way (:meth:`MADAOPolicy.sample_stage`), so with the same generator state
 a replay gives exactly what the learned policy gives under ``no_grad``.
 
-Policy JSON (:meth:`MADAOPolicy.to_dict`, written by :meth:`MADAOPolicy.save_json`, read by
-:meth:`MADAOPolicy.from_dict` / :meth:`MADAOPolicy.load_json` / :meth:`ReplayPolicy.from_json`)::
-
-    {
-        "format": "madao_pl.policy", "version": 1,
-        "policy": "madao" (or "replay"), "num_stages": K,
-        "temperature": tau, "bernoulli_temperature": tau_b, "eps": eps,
-        "dtype": "float32",                      # dtype of the raw values
-        "op_names": [...14] (+ "Identity"), "magnitude_ops": [...11],   # the op table the values refer to
-        "raw": {"logits": K x 14 (15), "probability_raw": K x 14, "magnitude_raw": K x 11,
-                # class-conditional only: the offsets, C x K x (14 (15), 14, 11)
-                "logits_offset": ..., "probability_offset": ..., "magnitude_offset": ...},
-        "class_names": [...C],                   # class-conditional only
-        "classes": {name: [stage, ...]},         # class-conditional only: each class's describe() stages
-        "describe": {...}                        # Policy.describe(), for humans; not read back
-    }
-
-The raw values are exact (float32 -> Python float round-trips); loading checks the format, the version
-and that the op table is the current one.
+Their JSON format is :mod:`madao_pl.augment.policy_json`'s.
 """
 
 from __future__ import annotations
@@ -54,6 +36,7 @@ from torch import Tensor, nn
 
 from madao_pl.augment.base import IDENTITY, Policy, StageDescription, describe_stage
 from madao_pl.augment.ops import MAGNITUDE_OPS, OP_NAMES, OPERATIONS
+from madao_pl.augment.policy_json import FORMAT, FORMAT_VERSION, OFFSETS, RAW, parse_policy
 from madao_pl.augment.stage import (
     StageSample,
     conditional_gumbels,
@@ -65,11 +48,6 @@ from madao_pl.augment.stage import (
 )
 
 __all__ = ["MADAOPolicy", "ReplayPolicy"]
-
-RAW = ("logits", "probability_raw", "magnitude_raw")
-OFFSETS = ("logits_offset", "probability_offset", "magnitude_offset")
-_FORMAT = "madao_pl.policy"
-_FORMAT_VERSION = 1
 
 
 def _magnitude_op_indices() -> list[int]:
@@ -416,8 +394,8 @@ class _CategoricalPolicy(Policy):
         keys = (*RAW, *OFFSETS) if self.num_classes else RAW
         raw = {key: getattr(self, key).detach().cpu().double().tolist() for key in keys}
         data = {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
             "policy": self.name,
             "num_stages": self.num_stages,
             "temperature": self.temperature,
@@ -436,52 +414,8 @@ class _CategoricalPolicy(Policy):
 
     @staticmethod
     def _parse_dict(data: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Check a :meth:`to_dict` dict and return its raw tensors (saved dtype; offsets if class-conditional)
-        and settings (``class_names`` if class-conditional)."""
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError(
-                f"not a saved madao_pl policy (expected format {_FORMAT!r}); "
-                "save one with MADAOPolicy.save_json"
-            )
-        if data.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"saved policy has format version {data.get('version')}, this code reads {_FORMAT_VERSION}"
-            )
-        op_names = list(data["op_names"])
-        if op_names not in (list(OP_NAMES), [*OP_NAMES, IDENTITY]) or list(data["magnitude_ops"]) != list(
-            MAGNITUDE_OPS
-        ):
-            raise ValueError(
-                "the saved policy refers to another operation table: saved "
-                f"{data['op_names']} (magnitude ops {data['magnitude_ops']}), current {list(OP_NAMES)} "
-                f"(magnitude ops {list(MAGNITUDE_OPS)}); load it with the madao_pl version that saved it"
-            )
-        dtype = getattr(torch, data.get("dtype", "float32"))
-        k = int(data["num_stages"])
-        expected = {
-            "logits": (k, len(op_names)),
-            "probability_raw": (k, len(OP_NAMES)),
-            "magnitude_raw": (k, len(MAGNITUDE_OPS)),
-        }
-        names = data.get("class_names")
-        if names is not None:
-            widths = {"logits_offset": len(op_names), "probability_offset": len(OP_NAMES)}
-            for key in OFFSETS:
-                expected[key] = (len(names), k, widths.get(key, len(MAGNITUDE_OPS)))
-        tensors = {}
-        for key, shape in expected.items():
-            value = torch.tensor(data["raw"][key], dtype=torch.float64)
-            if tuple(value.shape) != shape:
-                raise ValueError(f"saved policy: raw {key} has shape {tuple(value.shape)}, expected {shape}")
-            tensors[key] = value.to(dtype)
-        settings = {
-            "temperature": float(data["temperature"]),
-            "bernoulli_temperature": float(data["bernoulli_temperature"]),
-            "eps": float(data["eps"]),
-        }
-        if names is not None:
-            settings["class_names"] = [str(n) for n in names]
-        return tensors, settings
+        """:func:`~madao_pl.augment.policy_json.parse_policy` (the checks and the raw tensors)."""
+        return parse_policy(data)
 
     def save_json(self, path: str | PathLike) -> None:
         """Write :meth:`to_dict` as JSON to ``path``."""
