@@ -251,7 +251,7 @@ def test_the_class_conditional_sweep(sweeps: dict) -> None:
     }
     cfg = _compose("experiment=bench_classes", "augment=madao_class")
     check_config(cfg)
-    assert cfg.augment.policy.num_classes == 10 and cfg.augment.policy.class_offset_decay == 1e-3
+    assert cfg.augment.policy.num_classes == 10 and cfg.augment.policy.class_offset_decay == 0.0
 
 
 def test_the_lever_sweep_and_every_lever_composes(sweeps: dict) -> None:
