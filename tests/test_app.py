@@ -75,7 +75,8 @@ def test_every_dataset_model_augment_combination_composes_and_instantiates(tmp_p
                     nets[key] = instantiate(cfg.model.net, num_classes=num_classes)
                 assert cfg.trainer.max_epochs == cfg.dataset.epochs
             for augment, cfg in by_augment.items():
-                policy = instantiate(cfg.augment.policy)
+                unknown = cfg.augment.policy.get("num_classes", 0) is None  # run.train: from the data
+                policy = instantiate(cfg.augment.policy, **({"num_classes": num_classes} if unknown else {}))
                 for model in MODELS:
                     module = instantiate(
                         cfg.module,
@@ -86,7 +87,7 @@ def test_every_dataset_model_augment_combination_composes_and_instantiates(tmp_p
                         std=datamodule.std,
                     )
                     assert isinstance(module, MADAOModule)
-                    assert module.learns_policy == (augment in ("madao", "madao_paper"))
+                    assert module.learns_policy == (augment in ("madao", "madao_class", "madao_paper"))
 
 
 def test_madao_initial_starts_where_madao_starts_and_madao_paper_is_the_paper() -> None:

@@ -265,7 +265,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.setup("fit")
         num_classes = datamodule.num_classes
     net = build(cfg, "model.net", num_classes=num_classes)
-    policy = build(cfg, "augment.policy")
+    # a class-conditional policy on a data set whose classes are read from the data (dataset=folder)
+    unknown = "num_classes" in cfg.augment.policy and cfg.augment.policy.num_classes is None
+    policy = build(cfg, "augment.policy", **({"num_classes": num_classes} if unknown else {}))
     hyper = build(cfg, "augment.hyper")
     module = build(
         cfg,
