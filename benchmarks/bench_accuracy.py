@@ -1,20 +1,15 @@
 """Test error on digits: Hydra multiruns of the shipped entry point, summarised by experiments/summarize.py.
 
-The sweeps of :data:`SWEEPS`, in this order: each but ``replay`` (:func:`run_replays`) a
-``conf/experiment/bench_*.yaml`` launched as ``python -m madao_pl.run -m experiment=<name>
-hydra/launcher=local_parallel hydra.sweep.dir=<runs-dir>/<sweep>`` (two jobs at a time, one torch thread
-each): ``methods`` (every method on digits and low-data digits x seeds 0, 1, 2), ``replay``, ``inner_steps``
-(MADAO, s = 5 ... 100, Figure 3), ``warmup_epochs`` (w = 0 ... 30, Figure 6), ``levers`` (MADAO x seeds 0, 1,
-2 once per entry of :data:`LEVERS`, each into ``levers/<lever>``). Each sweep directory is emptied first, so
-its numbers come from the invocation that ran it (``--sweeps`` runs some; ``runs_by`` names the invocation
-of each). ``--out`` gets summarize's tables (methods and replays in one), the runs' numbers, the settings
-read from the MADAO runs' configs and each MADAO-like run's :func:`policy_movement`; beside it go the sweep
-plots and the MADAO seed-0 run's policy plots.
+Each sweep of :data:`SWEEPS` but ``replay`` (:func:`run_replays`) is a ``conf/experiment/bench_*.yaml``
+run as ``python -m madao_pl.run -m experiment=<name> hydra/launcher=local_parallel hydra.sweep.dir=<dir>``
+(two jobs at a time, one torch thread each; ``levers``: once per :data:`LEVERS` entry, into
+``levers/<lever>``), its directory emptied first (``runs_by`` names the invocation that ran each sweep).
+``--out`` gets summarize's tables, the runs' numbers, the settings read from the MADAO runs' configs, how
+far each policy moved and what the class-conditional one learned; beside it go the sweep and policy plots.
 
 Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench/accuracy] [--sweeps ...]
-[--no-run] [-- OVERRIDE ...]`` (about 90 minutes on 2 CPU cores, the levers half of it); overrides after
-``--`` go to every sweep (smoke tests: ``dataset.epochs=1``), ``--no-run`` only summarises the sweep
-directories.
+[--no-run] [-- OVERRIDE ...]`` (about two hours on 2 CPU cores); overrides after ``--`` go to every sweep,
+``--no-run`` only summarises the sweep directories.
 """
 
 from __future__ import annotations
@@ -32,7 +27,7 @@ from typing import Any
 
 from experiments.summarize import Cell, Run, collect, markdown_table, plot_table, render_markdown, summarize
 
-from benchmarks.common import RESULTS, ROOT, run_at_most, stamp, write_json
+from benchmarks.common import RESULTS, ROOT, run_at_most, split_overrides, stamp, write_json
 
 SWEEPS = {
     "methods": "bench_accuracy",
@@ -42,18 +37,22 @@ SWEEPS = {
     "levers": "bench_levers",
     "classes": "bench_classes",
 }
-"""Sweep -> its experiment config; ``replay`` retrains, from scratch, with each ``methods`` MADAO run's final
-policy (``augment=replay``, same data set and seed): does the learned policy itself transfer? ``classes``:
-class-conditional MADAO (``augment=madao_class``), whose rows join the methods table."""
+"""Sweep -> its experiment config; ``replay`` retrains with each ``methods`` MADAO run's final policy (same
+data set and seed); the ``replay`` and ``classes`` (``augment=madao_class``) rows join the methods table."""
 PLOTS = {"inner_steps": "sweep_inner_steps.png", "warmup_epochs": "sweep_warmup.png"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-"""What the environment of every run adds."""
 CLEAN = [
     "augment.policy.rao_samples=16",
     "augment.policy.centered_selection=true",
     "augment.hyper_train_batches=4",
 ]
 """The cleanest hypergradient measured within the time budget (bench_hypergrad's estimators)."""
+SETTINGS = {"inner_steps": "inner_steps", "warmup_epochs": "warmup_epochs", "epochs": "dataset.epochs"}
+SETTINGS |= {"batch_size": "dataset.datamodule.batch_size", "temperature": "augment.temperature"}
+SETTINGS |= {k: f"augment.hyper.{k}" for k in ("neumann_steps", "neumann_alpha", "neumann_tol")}
+"""accuracy.json's settings per data set -> the key of a MADAO run's settings they are read from."""
+RECORDED = ("augment", "seed", "inner_steps", "warmup_epochs")
+"""What accuracy.json's ``runs`` keep of each run besides its path and metrics."""
 LEVERS = {
     "start_p0.2": ["augment.policy.init_probability=-1.4"],
     "direction_only": ["augment.hyper.direction_only=true"],
@@ -77,12 +76,9 @@ LEVERS = {
     "damped_cg10": ["augment.hyper.method=cg", "augment.hyper.cg_iterations=10", "augment.hyper.damping=1.0"],
     "s5_w10": ["augment.inner_steps=5", "augment.warmup_epochs=10"],
 }
-"""Issue #12's levers, each a change to the defaults (the methods sweep holds the defaults and the paper's
-start): lever -> overrides. ``clean_lr0.1*``: the clean hypergradient with 10x the policy's learning rate, so
-that the few hyper steps of a digits run can move the policy and show where the hypergradient points, also
-normalised (``direction_only``). ``identity*``: the 15th, "do nothing" choice. ``curvature_alpha0.5_J20``:
-``alpha = 0.5 / |lambda_max(H)|`` (power iteration) with 20 terms; ``damped_cg10``: 10 CG iterations on
-``H + I`` (``lambda_max`` is about 50 on digits after the warm-up); ``s5_w10``: 5x the hyper steps."""
+"""Issue #12's levers, each a change to MADAO's defaults: lever -> overrides. ``clean_lr0.1*``: the clean
+hypergradient with 10x the policy's learning rate (so that the few hyper steps move the policy);
+``identity*``: the 15th, "do nothing" choice; ``damped_cg10``: CG on ``H + I`` (``lambda_max`` about 50)."""
 
 
 def run_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:
@@ -183,74 +179,49 @@ def class_policy(run_dir: Path, top: int = 2) -> dict[str, Any] | None:
     return {"run": str(run_dir), "shared_use": shared, "classes": per_class}
 
 
-def settings_of(run: Run) -> dict[str, Any]:
-    """The shared settings, read from a MADAO run's config (not assumed)."""
-    s = run.settings
-    keys = {
-        "epochs": "dataset.epochs",
-        "batch_size": "dataset.datamodule.batch_size",
-        "temperature": "augment.temperature",
-        "neumann_steps": "augment.hyper.neumann_steps",
-        "neumann_alpha": "augment.hyper.neumann_alpha",
-        "neumann_tol": "augment.hyper.neumann_tol",
-    }
-    return {
-        "dataset": run.dataset,
-        "model": run.model,
-        "inner_steps": s.get("inner_steps"),
-        "warmup_epochs": s.get("warmup_epochs"),
-        **{name: s.get(key) for name, key in keys.items()},
-    }
-
-
 def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list[str]) -> dict[str, Any]:
     """accuracy.json's content from the sweep directories; the plots beside ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tables, all_problems, records, found = {}, [], {}, {}
-    movement = []
+    found, tables, problems, movement, records = {}, {}, [], [], {}
+    joined = [runs_dir / d for d in ("replay", "classes") if (runs_dir / d).is_dir()]  # the methods table's
     for name in (n for n in SWEEPS if n != "replay"):
-        runs, problems = collect(
-            [runs_dir / name, *(d for d in (runs_dir / "replay", runs_dir / "classes") if d.is_dir())]
-            if name == "methods"
-            else [runs_dir / name]
-        )
-        found[name] = runs
+        runs, more = collect([runs_dir / name, *(joined if name == "methods" else [])])
         if runs:
-            table, more = summarize(runs, by=name if name in PLOTS else None)
-            problems += more
-            tables[name] = render_markdown(table, problems)
+            table, duplicates = summarize(runs, by=name if name in PLOTS else None)
+            more += duplicates
+            tables[name] = render_markdown(table, more)
             if name == "levers":
                 tables[name] = lever_table(found["methods"], runs, runs_dir / name)
             if name in PLOTS:
                 title = f"{runs[0].dataset}, {runs[0].model}, seeds {sorted({r.seed for r in runs}, key=str)}"
                 plot_table(table, out.parent / PLOTS[name], title)
-        all_problems += problems
-        for r in (
-            r for r in runs if r.augment.startswith("madao") and name in ("methods", "levers", "classes")
-        ):
-            group = lever_of(r, runs_dir / name) if name == "levers" else r.augment
-            moved = policy_movement(r.path.parent)
-            if moved:
+        found[name], problems = runs, problems + more
+        for run in (r for r in runs if name in ("methods", "levers") and r.augment.startswith("madao")):
+            group = lever_of(run, runs_dir / name) if name == "levers" else run.augment
+            if moved := policy_movement(run.path.parent):
                 movement.append(
-                    {"sweep": name, "group": group, "dataset": r.dataset, "seed": r.seed, **moved}
+                    {"sweep": name, "group": group, "dataset": run.dataset, "seed": run.seed, **moved}
                 )
-        fields = ("augment", "seed", "inner_steps", "warmup_epochs")
         records[name] = [
-            {"path": str(r.path), **{k: r.settings.get(k, getattr(r, k, None)) for k in fields}, **r.metrics}
+            {
+                "path": str(r.path),
+                **{k: r.settings.get(k, getattr(r, k, None)) for k in RECORDED},
+                **r.metrics,
+            }
             for r in runs
         ]
     madao = sorted(
         (r for r in found["methods"] if r.augment == "madao"), key=lambda r: (r.dataset, str(r.seed))
     )
-    classes = sorted(
-        (r for r in found.get("classes", []) if r.dataset == "digits"), key=lambda r: str(r.seed)
-    )
-    for run, name in [*((r, n) for r in madao[:1] for n in ("policy_evolution.png", "policy_parameters.png")),
-                      *((r, "policy_classes.png") for r in classes[:1])]:  # fmt: skip
+    classes = sorted((r for r in found["classes"] if r.dataset == "digits"), key=lambda r: str(r.seed))
+    plots = [(r, n) for r in madao[:1] for n in ("policy_evolution.png", "policy_parameters.png")]
+    for run, name in [*plots, *((r, "policy_classes.png") for r in classes[:1])]:
         if (run.path.parent / name).is_file():
             shutil.copyfile(run.path.parent / name, out.parent / f"{run.augment}_{name}")
-    seeds = sorted({r["seed"] for r in records["methods"]}, key=str)
-    per_dataset = {run.dataset: settings_of(run) for run in reversed(madao)}
+    per_dataset = {r.dataset: {"dataset": r.dataset, "model": r.model} for r in madao}
+    for run in reversed(madao):  # the first seed's
+        per_dataset[run.dataset] |= {k: run.settings.get(v) for k, v in SETTINGS.items()}
+    seeds = sorted({r.seed for r in found["methods"]}, key=str)
     return {
         "benchmark": "test error on digits: methods x seeds, MADAO inner-step and warm-up sweeps",
         **stamp("benchmarks.bench_accuracy", argv, torch_threads=1),
@@ -262,26 +233,14 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
         "movement": movement,
         "class_policy": class_policy(classes[0].path.parent) if classes else None,
         "levers": LEVERS,
-        "problems": all_problems,
-        "complete": not all_problems and all(status == 0 for status in statuses.values()),
+        "problems": problems,
+        "complete": not problems and all(status == 0 for status in statuses.values()),
     }
-
-
-def sweeps_run_by(previous: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Which invocation ran each sweep of a previous accuracy.json: sweep -> {command, date} (its own
-    ``runs_by``, or, from an older layout, one invocation for every sweep it lists)."""
-    runs_by = previous.get("runs_by") or {}
-    if "command" in runs_by or (
-        not runs_by and "command" in previous and "--no-run" not in previous["command"]
-    ):
-        one = {k: (runs_by or previous)[k] for k in ("command", "date")}
-        return {name: one for name in previous.get("sweep_exit_status", {})}
-    return dict(runs_by)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    own, overrides = split_overrides(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "bench" / "accuracy")
@@ -306,9 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             statuses[name] = run_sweep(SWEEPS[name], runs_dir / name, overrides)
     report = build_report(runs_dir, args.out, statuses, argv)
-    runs_by = sweeps_run_by(previous)
-    runs_by.update({name: {"command": report["command"], "date": report["date"]} for name in ran})
-    report["runs_by"] = runs_by
+    ran_by = {"command": report["command"], "date": report["date"]}
+    report["runs_by"] = {**previous.get("runs_by", {}), **dict.fromkeys(ran, ran_by)}
     write_json(args.out, report)
     print("\n".join(report["tables"].values()))
     print(f"wrote {args.out} and its plots; runs in {runs_dir}")

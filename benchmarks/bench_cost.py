@@ -1,23 +1,22 @@
 """Cost of MADAO against RandAugment and no augmentation: time per batch and peak memory of the shipped
 ``MADAOModule`` through a real ``Trainer``, every case in its own process (``--run-case``).
 
-Setting (DESIGN.md §9): WRN-28-2, synthetic 32x32 images, batch 128, Cutout 16, SGD, one torch thread per
-process, s = 30. Cases ``baseline``, ``randaugment`` and MADAO's :data:`VARIANTS`, each run once per kind of
-:data:`KINDS`: ``live`` (one cycle at s = 2, the RSS under a fixed glibc mmap threshold so that it follows
-the live tensors; CPU only, two at a time), ``profile`` (MADAO: the hyper step under ``torch.profiler``,
-apart since its buffers take GBs), ``timed`` (an untimed warm-up, a whole cycle for MADAO so that its cold
-first hyper step is not timed, then ``--cycles`` cycles: wall time per batch, ``ru_maxrss`` above the RSS
-after setup, on a GPU the CUDA peak; case after case, so that every ratio comes from one invocation). From
-one seed every variant's first hyper step sees the same state: its hypergradient is compared with ``plain``'s.
+WRN-28-2, synthetic 32x32 images, batch 128, Cutout 16, SGD, one torch thread, s = 30. Each case of
+:data:`CASES` runs once per kind of :data:`KINDS`: ``live`` (one cycle at s = 2 under a fixed glibc mmap
+threshold, so that the RSS follows the live tensors; CPU only, two at a time), ``profile`` (MADAO: the hyper
+step under ``torch.profiler``), ``timed`` (an untimed warm-up, a whole cycle for MADAO, then one timed cycle:
+wall time per batch, ``ru_maxrss`` above the RSS after setup, on a GPU the CUDA peak). From one seed every
+variant's first hyper step sees the same state: its hypergradient is compared with ``plain``'s.
 
-Run: ``python -m benchmarks.bench_cost --out benchmarks/results/cost.json [--quick] [--device cuda]``:
-about 20 minutes on 2 CPU cores; ``--quick`` (WRN-10-1, batch 16, s = 3) about two minutes.
+Run: ``python -m benchmarks.bench_cost --out benchmarks/results/cost.json [--quick] [--device cuda]
+[--work-dir DIR]``: about 20 minutes on 2 CPU cores; ``--quick`` (WRN-10-1, batch 16, s = 3) two minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
-from benchmarks.common import run_at_most, stamp, write_json
+from benchmarks.common import QUIET_TRAINER, run_at_most, stamp, write_json
 from benchmarks.report import cost_table
 from madao_pl.augment import IdentityPolicy, MADAOPolicy, RandAugmentPolicy
 from madao_pl.hyperstep import HyperStepConfig
@@ -48,23 +47,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"neumann_tol": 0.0},
     "fast": {},
     "fast_recompute": {"recompute": True},
-    "fast_class10": {},
-    "fast_class100": {},
+    "fast_class10": {"num_classes": 10},
+    "fast_class100": {"num_classes": 100},
 }
-"""MADAO hyper-step variants: name -> the :class:`HyperStepConfig` fields that differ from its defaults."""
-CLASSES = {"fast_class10": 10, "fast_class100": 100}
-"""Variants with a class-conditional policy of C classes (``fast``'s hyper step; the batches' labels are the
-same 10 classes in every case, so the network is the same)."""
+"""MADAO variants: the :class:`HyperStepConfig` fields that differ from its defaults, and ``num_classes`` of a
+class-conditional policy (the labels are the same 10 classes in every case, so the network is the same)."""
 CASES = ("baseline", "randaugment", *VARIANTS)
-SIZE, CUTOUT = 32, 16
 PRESETS = {
     "full": {"depth": 28, "width": 2, "batch": 128, "inner_steps": 30},
     "quick": {"depth": 10, "width": 1, "batch": 16, "inner_steps": 3},
 }
+SIZE, CUTOUT, THREADS, SEED, CYCLES, PROBE_INNER_STEPS, FIXED_WARMUP = 32, 16, 1, 0, 1, 2, 3
 LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 KINDS = {"live": LIVE_MEMORY_ENV, "profile": {}, "timed": {}}
 """Process kinds, in the order they run, and the environment each adds."""
-PROBE_INNER_STEPS, FIXED_WARMUP = 2, 3
 RATIO_METRICS = {
     "time": ("cases", "time_per_batch_s"),
     "peak_rss": ("cases", "peak_rss_mb"),
@@ -74,20 +70,20 @@ RATIO_METRICS = {
     "cuda_peak": ("cases", "cuda_peak_mb"),
 }
 """Ratio name -> (part of the report, key of a case's record) that it divides."""
-REFERENCES = ("randaugment", "baseline")
 
 
 class SyntheticData(pl.LightningDataModule):
-    """Seeded random images in [0, 1] and labels: ``length`` training batches cycling through 4 distinct ones,
-    and 2 held-out batches for ``hyper_dataloader``. Loaders serve whole batches (no collation to time)."""
+    """Seeded random images and labels: ``length`` training batches cycling through 4 distinct ones, and 2
+    held-out batches for ``hyper_dataloader``; the loaders serve whole batches (no collation to time)."""
 
     def __init__(self, batch: int, length: int, seed: int) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        batches = [
-            (torch.rand(batch, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (batch,), generator=g))
-            for _ in range(6)
-        ]
+        images, labels = (
+            torch.rand(6, batch, 3, SIZE, SIZE, generator=g),
+            torch.randint(0, 10, (6, batch), generator=g),
+        )
+        batches = list(zip(images, labels, strict=True))
         self.train, self.hyper = [batches[i % 4] for i in range(length)], batches[4:]
 
     def train_dataloader(self) -> DataLoader:
@@ -155,19 +151,21 @@ class Recorder(pl.Callback):
 
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
-    """In this process: fit ``spec["case"]`` for ``warmup + cycles * s`` batches (the keys of
-    :func:`case_command`'s spec); what :class:`Recorder` saw, summarised."""
+    """In this process: fit ``spec["case"]`` for ``warmup + cycles * inner_steps`` batches (the keys of
+    :func:`case_spec`); what :class:`Recorder` saw, summarised."""
     args = argparse.Namespace(**spec)
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*(many workers|val_dataloader|LeafSpec).*")
     device, s, learns = torch.device(args.device), args.inner_steps, args.case in VARIANTS
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    hyper = HyperStepConfig(**VARIANTS.get(args.case, {}))
+    fields = dict(VARIANTS.get(args.case, {}))
+    classes = fields.pop("num_classes", 0)
+    hyper = HyperStepConfig(**fields)
     fixed = {"baseline": IdentityPolicy(), "randaugment": RandAugmentPolicy(num_ops=2, magnitude=0.5)}
     module = MADAOModule(
         WideResNet(args.depth, args.width, 10),
-        fixed.get(args.case) or MADAOPolicy(num_stages=2, num_classes=CLASSES.get(args.case, 0)),
+        fixed.get(args.case) or MADAOPolicy(num_stages=2, num_classes=classes),
         optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4), num_classes=10,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), cutout=CUTOUT, inner_steps=s,
         hyper=hyper,
@@ -175,10 +173,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     length = args.warmup + args.cycles * s
     recorder = Recorder(device, s - 1 if learns else None, args.profile)
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, max_epochs=1, logger=False, callbacks=[recorder],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0,
-    )  # fmt: skip
+        accelerator=device.type, devices=1, max_epochs=1, callbacks=[recorder], **QUIET_TRAINER
+    )
     trainer.fit(module, datamodule=SyntheticData(args.batch, length, args.seed))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
     marks = [h for _, _, h in recorder.batches]
@@ -188,7 +184,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     timed = times[args.warmup :]
     result: dict[str, Any] = {
         "case": args.case,
-        "hyper": {**dataclasses.asdict(hyper), "num_classes": CLASSES.get(args.case, 0)} if learns else None,
+        "hyper": {**dataclasses.asdict(hyper), "num_classes": classes} if learns else None,
         "time_per_batch_s": (recorder.batches[-1][1] - recorder.batches[args.warmup][0]) / len(timed),
         "inner_step_s_median": statistics.median(t for t, h in timed if not h),
         "hyper_step_s": [t for t, h in timed if h],
@@ -209,27 +205,29 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def case_command(case: str, settings: dict[str, Any], out: Path, kind: str) -> list[str]:
-    """The command line running one case in its own process (a live or profile probe: one cycle at s = 2,
-    no warm-up)."""
+def case_spec(case: str, settings: dict[str, Any], kind: str) -> dict[str, Any]:
+    """What :func:`run_case` runs for ``case`` (a live or profile probe: one cycle at s = 2, no warm-up)."""
     timed = kind == "timed"
-    spec = {key: settings[key] for key in ("device", "depth", "width", "batch", "threads", "seed")}
-    spec |= {
+    return {
+        **{key: settings[key] for key in ("device", "depth", "width", "batch", "threads", "seed")},
         "case": case,
         "inner_steps": settings["inner_steps"] if timed else PROBE_INNER_STEPS,
         "warmup": settings["warmup_batches"][case] if timed else 0,
         "cycles": settings["cycles"] if timed else 1,
         "profile": kind == "profile",
     }
-    return [sys.executable, "-m", "benchmarks.bench_cost", "--run-case", json.dumps(spec), "--out", str(out)]
 
 
 def run_cases(names: list[str], settings: dict[str, Any], work: Path, kind: str) -> dict[str, Any]:
     """Each case in its own process (live probes two at a time), its JSON and log ``work/<kind>_<case>.*``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), **KINDS[kind]}
-    width = min(2, os.cpu_count() or 1) if kind == "live" else 1
     stems = {case: work / f"{kind}_{case}" for case in names}
-    commands = [case_command(case, settings, stem.with_suffix(".json"), kind) for case, stem in stems.items()]
+    commands = [
+        [sys.executable, "-m", "benchmarks.bench_cost", "--out", str(stem.with_suffix(".json")),
+         "--run-case", json.dumps(case_spec(case, settings, kind))]
+        for case, stem in stems.items()
+    ]  # fmt: skip
+    width = min(2, os.cpu_count() or 1) if kind == "live" else 1
     statuses = run_at_most(commands, width, env, [stem.with_suffix(".log") for stem in stems.values()])
     records = {}
     for (case, stem), status in zip(stems.items(), statuses, strict=True):
@@ -242,38 +240,10 @@ def run_cases(names: list[str], settings: dict[str, Any], work: Path, kind: str)
     return records
 
 
-def ratios(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Every case over each reference case, for every metric of :data:`RATIO_METRICS` both have."""
-    out: dict[str, dict[str, float]] = {}
-    for case in report["cases"]:
-        out[case] = {}
-        for metric, (part, key) in RATIO_METRICS.items():
-            for ref in REFERENCES:
-                value, base = (report[part].get(c, {}).get(key) for c in (case, ref))
-                if case != ref and value is not None and base:
-                    out[case][f"{metric}_vs_{ref}"] = value / base
-    return out
-
-
-def hypergrad_vs_plain(cases: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Relative difference and cosine of each variant's first hypergradient to ``plain``'s."""
-    plain = cases.get("plain", {})
-    reference = plain.get("hypergrad")
-    out: dict[str, dict[str, Any]] = {}
-    for name, row in cases.items():
-        grad = row.get("hypergrad")
-        if name != "plain" and name not in CLASSES and grad and reference:  # same parameters only
-            dot = sum(a * b for a, b in zip(grad, reference, strict=True))
-            out[name] = {
-                "rel_diff": math.dist(grad, reference) / math.hypot(*reference),
-                "cosine": dot / (math.hypot(*grad) * math.hypot(*reference)),
-                "same_state": row["state_before_first_hyper_step"] == plain["state_before_first_hyper_step"],
-            }
-    return out
-
-
 def combine(meta: dict[str, Any], settings: dict[str, Any], records: dict[str, dict]) -> dict[str, Any]:
-    """The report: provenance, settings, every record by kind, the ratios and the hypergradient comparison."""
+    """The report: provenance, settings, every record by kind, every case's ratios to ``randaugment`` and
+    ``baseline`` (each metric of :data:`RATIO_METRICS` both have), the variants' first hypergradients against
+    ``plain``'s (same parameters only: not the class-conditional ones)."""
     cases = records["timed"]
     variants = {name: row["hyper"] for name, row in cases.items() if row.get("hyper")}
     report = {
@@ -284,7 +254,24 @@ def combine(meta: dict[str, Any], settings: dict[str, Any], records: dict[str, d
         "live_memory": records.get("live", {}),
         "profiles": records.get("profile", {}),
     }
-    return {**report, "ratios": ratios(report), "hypergrad_vs_plain": hypergrad_vs_plain(cases)}
+    ratios: dict[str, dict[str, float]] = {case: {} for case in cases}
+    for case, metric, ref in itertools.product(cases, RATIO_METRICS, ("randaugment", "baseline")):
+        part, key = RATIO_METRICS[metric]
+        value, base = (report[part].get(c, {}).get(key) for c in (case, ref))
+        if case != ref and value is not None and base:
+            ratios[case][f"{metric}_vs_{ref}"] = value / base
+    plain = cases.get("plain", {})
+    compared = {}
+    for name, row in cases.items():
+        grad, ref = row.get("hypergrad"), plain.get("hypergrad")
+        if name != "plain" and "num_classes" not in VARIANTS.get(name, {}) and grad and ref:
+            compared[name] = {
+                "rel_diff": math.dist(grad, ref) / math.hypot(*ref),
+                "cosine": sum(a * b for a, b in zip(grad, ref, strict=True))
+                / (math.hypot(*grad) * math.hypot(*ref)),
+                "same_state": row["state_before_first_hyper_step"] == plain["state_before_first_hyper_step"],
+            }
+    return {**report, "ratios": ratios, "hypergrad_vs_plain": compared}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,12 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cost.json"))
     parser.add_argument("--quick", action="store_true", help="WRN-10-1, batch 16, s = 3 (a smoke test)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    parser.add_argument("--inner-steps", type=int, help="s (default 30, quick 3)")
-    parser.add_argument("--cycles", type=int, default=1, help="timed cycles of s batches per case")
-    parser.add_argument("--live-memory", action=argparse.BooleanOptionalAction, help="default: on CPU only")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", type=Path, help="keep each case's JSON and log here (default: temp)")
     parser.add_argument("--run-case", type=json.loads, help="internal: run one case (a JSON spec) here")
     args = parser.parse_args(argv)
@@ -305,24 +286,22 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out, run_case(args.run_case))
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    preset = PRESETS["quick" if args.quick else "full"]
-    s = args.inner_steps or preset["inner_steps"]
-    live = args.live_memory if args.live_memory is not None else device == "cpu"
+    preset, live = PRESETS["quick" if args.quick else "full"], device == "cpu"
+    s = preset["inner_steps"]
     settings = {
-        "quick": args.quick, **preset, "inner_steps": s, "model": f"WideResNet({preset['depth']}, "
-        f"{preset['width']}, 10)", "image_size": SIZE, "cutout": CUTOUT, "device": device,
+        "quick": args.quick, **preset, "model": f"WideResNet({preset['depth']}, {preset['width']}, 10)",
+        "image_size": SIZE, "cutout": CUTOUT, "device": device, "threads": THREADS, "seed": SEED,
         "optimizer": "SGD lr 0.1, momentum 0.9, weight decay 5e-4; policy: the module's default RMSprop",
-        "threads": args.threads, "seed": args.seed, "cycles": args.cycles, "cases": args.cases,
-        "warmup_batches": {c: s if c in VARIANTS else min(FIXED_WARMUP, s) for c in args.cases},
+        "cycles": CYCLES, "cases": list(CASES),
+        "warmup_batches": {c: s if c in VARIANTS else min(FIXED_WARMUP, s) for c in CASES},
         "live_memory_env": LIVE_MEMORY_ENV if live else None, "probe_inner_steps": PROBE_INNER_STEPS,
     }  # fmt: skip
-    meta = stamp("benchmarks.bench_cost", argv, device=device)
-    started = time.perf_counter()
-    kinds = {"live": args.cases if live else [], "profile": [c for c in args.cases if c in VARIANTS]}
+    meta, started = stamp("benchmarks.bench_cost", argv, device=device), time.perf_counter()
+    kinds = {"live": list(CASES) if live else [], "profile": list(VARIANTS), "timed": list(CASES)}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        records = {kind: run_cases(kinds.get(kind, args.cases), settings, work, kind) for kind in KINDS}
+        records = {kind: run_cases(names, settings, work, kind) for kind, names in kinds.items()}
     report = combine(meta, settings, records)
     write_json(args.out, {**report, "wall_s": time.perf_counter() - started})
     print(cost_table(report, list(report["cases"])))

@@ -1,16 +1,15 @@
 """How much signal one MADAO hypergradient carries on digits, where its noise comes from, and what it rewards.
 
-The shipped pieces only: the real config (overrides as on the command line), the real ``MADAOModule``
-warmed up through a real ``Trainer`` (``augment.warmup_epochs`` epochs without augmentation), then
-:func:`madao_pl.hyperstep.hyper_step` called again and again at those fixed weights, each call with its own
-draws (:class:`Draws`): per random source of :data:`SOURCES`, per average of ``m`` draws, with the whole
-held-out split as the batch and per option of :data:`ESTIMATORS`, how alike independent hypergradients are
-(:func:`statistics_of`); their cosine to the damped implicit gradient solved to convergence
-(:func:`reference_alignment`); and per op, its training gradient against the validation gradient
+The real config and ``MADAOModule``, warmed up through a real ``Trainer`` (``augment.warmup_epochs`` epochs),
+then :func:`madao_pl.hyperstep.hyper_step` again and again at those weights, each call with its own draws
+(:class:`Draws`): how alike independent hypergradients are (:func:`statistics_of`) per random source of
+:data:`SOURCES`, per average of ``m`` draws, with the whole held-out split as the batch and per option of
+:data:`ESTIMATORS`; their cosine to the damped implicit gradient solved to convergence, also for
+:data:`SOLVERS` (:func:`reference_alignment`); per op, its training gradient against the validation gradient
 (:func:`op_gradients`: the short-horizon bias of the one-step look-ahead).
 
 Run: ``python -m benchmarks.bench_hypergrad --out benchmarks/results/hypergrad.json [-- OVERRIDE ...]``
-(about five minutes on 2 CPU cores).
+(about 15 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import Tensor
 
-from benchmarks.common import RESULTS, stamp, write_json
-from benchmarks.report import hypergrad_body
+from benchmarks.common import QUIET_TRAINER, RESULTS, split_overrides, stamp, write_json
 from madao_pl.augment.ops import MAGNITUDE_OPS, OPERATIONS, cutout
 from madao_pl.callbacks import WarmupCallback
 from madao_pl.hyperstep import HyperStepConfig, hyper_step
@@ -48,12 +46,14 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "rao16_centered_k4": {"rao_samples": 16, "centered_selection": True, "batches": 4},
     "rao16_centered_k8": {"rao_samples": 16, "centered_selection": True, "batches": 8},
 }
-"""Variance-reduction options measured side by side: policy attributes and training batches per draw."""
+"""Variance-reduction options: the policy's Gumbel-Rao samples and centring, training batches per draw."""
 SOLVERS: dict[str, dict[str, Any]] = {
     "curvature_alpha0.5_J20": {"neumann_alpha_scale": 0.5, "neumann_steps": 20, "neumann_tol": 0.0},
     "damped_cg10": {"method": "cg", "cg_iterations": 10, "damping": 1.0},
 }
 """Other inverse-Hessian solvers (HyperStepConfig fields) whose alignment with the reference is measured."""
+DAMPING = 1e-2
+"""The reference's damping: the implicit gradient of ``H + DAMPING I``, float64 CG to convergence."""
 
 
 def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
@@ -68,11 +68,8 @@ def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
         num_classes=cfg.dataset.num_classes, mean=datamodule.mean, std=datamodule.std, _convert_="object",
     )  # fmt: skip
     warmup = cfg.augment.warmup_epochs
-    trainer = pl.Trainer(
-        max_epochs=warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[WarmupCallback(warmup, min_hyper_steps=0)],
-    )  # fmt: skip
+    callbacks = [WarmupCallback(warmup, min_hyper_steps=0)]
+    trainer = pl.Trainer(max_epochs=warmup, accelerator="cpu", callbacks=callbacks, **QUIET_TRAINER)
     if warmup > 0:
         trainer.fit(module, datamodule=datamodule)
     else:
@@ -103,18 +100,6 @@ def averages(draws: list[dict[str, Tensor]], m: int) -> list[dict[str, Tensor]]:
     return [{k: torch.stack([d[k] for d in group]).mean(0) for k in draws[0]} for group in groups]
 
 
-def _subset(images: Tensor, labels: Tensor, seed: int, size: int) -> tuple[Tensor, Tensor]:
-    """A seeded random subset of ``size`` samples (without replacement)."""
-    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:size]
-    return images[pick], labels[pick]
-
-
-def _split(loader: Any) -> tuple[Tensor, Tensor]:
-    """One pass of ``loader``, concatenated."""
-    batches = list(loader)
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-
-
 class Draws:
     """Hypergradients at the module's current weights, each from a chosen training batch (a seeded random
     subset of the training split, ``batches`` batches of ``val_size``), seed and hyper-validation subset; a
@@ -123,24 +108,30 @@ class Draws:
     def __init__(self, module: MADAOModule, datamodule: Any, val_size: int) -> None:
         self.module, self.state = module, copy.deepcopy(module.net.state_dict())
         self.reference = copy.deepcopy(module).double()
-        self.train_images, self.train_labels = _split(datamodule.train_dataloader())
-        self.hyper_images, self.hyper_labels = _split(datamodule.hyper_dataloader())
+        self.train = [torch.cat(parts) for parts in zip(*datamodule.train_dataloader(), strict=True)]
+        self.hyper = [torch.cat(parts) for parts in zip(*datamodule.hyper_dataloader(), strict=True)]
         self.val_size, self.batches = val_size, 1
+
+    @staticmethod
+    def subset(split: list[Tensor], seed: int, size: int) -> tuple[Tensor, Tensor]:
+        """A seeded random subset of ``size`` samples of ``split`` (images, labels), without replacement."""
+        pick = torch.randperm(len(split[1]), generator=torch.Generator().manual_seed(seed))[:size]
+        return split[0][pick], split[1][pick]
 
     def train_batch(self, index: int) -> tuple[Tensor, Tensor]:
         """Training batch ``index``: ``batches * val_size`` samples of the training split."""
-        return _subset(self.train_images, self.train_labels, 40_000 + index, self.batches * self.val_size)
+        return self.subset(self.train, 40_000 + index, self.batches * self.val_size)
 
     def val_batch(self, index: int, size: int | None = None) -> tuple[Tensor, Tensor]:
-        """A seeded random subset of the hyper-validation split (``size`` samples, default ``val_size``)."""
-        return _subset(self.hyper_images, self.hyper_labels, 10_000 + index, size or self.val_size)
+        """Hyper-validation batch ``index``: ``size`` samples (default ``val_size``) of its split."""
+        return self.subset(self.hyper, 10_000 + index, size or self.val_size)
 
     def hypergrad(
         self, train: int, seed: int, val: int, config: HyperStepConfig | None = None,
         val_size: int | None = None, reference: bool = False,
     ) -> dict[str, Tensor]:  # fmt: skip
-        """The hypergradient of one draw by policy parameter name, flattened, float64; ``reference``: on the
-        float64 copy."""
+        """One draw's hypergradient by policy parameter name, flattened, float64 (``reference``: on the
+        float64 copy); the weights are restored afterwards."""
         m = self.reference if reference else self.module
         saved = copy.deepcopy(m.net.state_dict() if reference else self.state)
         dtype = torch.float64 if reference else torch.float32
@@ -156,32 +147,31 @@ class Draws:
         return {n: g.detach().double().reshape(-1) for n, g in zip(names, result.hypergrad, strict=True)}
 
 
-def reference_alignment(draws: Draws, count: int, damping: float) -> dict[str, Any]:
+def reference_alignment(draws: Draws, count: int) -> dict[str, Any]:
     """Cosine of the configured hypergradient, and of each :data:`SOLVERS` one, to the damped implicit one
-    (float64 CG to convergence) for the same draws."""
-    config = HyperStepConfig(method="cg", cg_iterations=1000, cg_tol=1e-8, damping=damping)
+    (float64 CG to convergence) for the same ``count`` draws."""
+    config = HyperStepConfig(method="cg", cg_iterations=1000, cg_tol=1e-8, damping=DAMPING)
     references = [draws.hypergrad(i, i, i, config, reference=True) for i in range(count)]
-    options = {"configured": None, **{k: HyperStepConfig(**v) for k, v in SOLVERS.items()}}
-    cosines: dict[str, list[dict[str, float]]] = {}
-    for name, option in options.items():
+
+    def cosines(option: HyperStepConfig | None) -> list[dict[str, float]]:
         rows = [draws.hypergrad(i, i, i, option) for i in range(count)]
-        cosines[name] = [
-            {n: float(F.cosine_similarity(row[n], ref[n], dim=0)) for n in row}
-            for row, ref in zip(rows, references, strict=True)
+        return [
+            {n: float(F.cosine_similarity(r[n], ref[n], dim=0)) for n in r}
+            for r, ref in zip(rows, references, strict=True)
         ]
 
     def mean(rows: list[dict[str, float]]) -> dict[str, float]:
         return {n: statistics.fmean(r[n] for r in rows) for n in rows[0]}
 
+    configured = cosines(None)
     solvers = {
-        name: {**SOLVERS[name], "mean": mean(rows)} for name, rows in cosines.items() if name in SOLVERS
+        name: {**fields, "mean": mean(cosines(HyperStepConfig(**fields)))} for name, fields in SOLVERS.items()
     }
-    draws_ = cosines["configured"]
     return {
-        "damping": damping,
+        "damping": DAMPING,
         "solver": str(config),
-        "draws": draws_,
-        "mean": mean(draws_),
+        "draws": configured,
+        "mean": mean(configured),
         "solvers": solvers,
     }
 
@@ -198,7 +188,7 @@ def op_gradients(draws: Draws, batches: int) -> dict[str, Any]:
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
 
     net.eval()
-    v = gradient(*draws.val_batch(0, len(draws.hyper_labels)))
+    v = gradient(*draws.val_batch(0, len(draws.hyper[1])))
     net.train()
     out: dict[str, Any] = {}
     for op in (None, *OPERATIONS):
@@ -225,23 +215,24 @@ def estimators(draws: Draws, count: int) -> dict[str, Any]:
     saved = (policy.rao_samples, policy.centered_selection)
     for name, option in ESTIMATORS.items():
         policy.rao_samples, policy.centered_selection = option["rao_samples"], option["centered_selection"]
-        draws.batches = option["batches"]
-        started = time.perf_counter()
+        draws.batches, started = option["batches"], time.perf_counter()
         rows = [draws.hypergrad(i, i, i) for i in range(count)]
-        out[name] = {**option, "seconds_per_draw": (time.perf_counter() - started) / count}
-        out[name].update(statistics_of(rows))
+        out[name] = {
+            **option,
+            "seconds_per_draw": (time.perf_counter() - started) / count,
+            **statistics_of(rows),
+        }
     (policy.rao_samples, policy.centered_selection), draws.batches = saved, 1
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    own, overrides = split_overrides(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "hypergrad.json")
     parser.add_argument("--draws", type=int, default=40)
     parser.add_argument("--reference-draws", type=int, default=3)
-    parser.add_argument("--damping", type=float, default=1e-2)
     parser.add_argument("--op-batches", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(own)
@@ -249,34 +240,31 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cfg, datamodule, module = warmed_up(overrides)
     draws, n = Draws(module, datamodule, datamodule.batch_size), args.draws
-    split = len(draws.hyper_labels)
+    split = len(draws.hyper[1])
     sampled = {s: [draws.hypergrad(*(i * v for v in vary)) for i in range(n)] for s, vary in SOURCES.items()}
-    whole = [draws.hypergrad(i, i, i, val_size=split) for i in range(n)]
+    settings = {
+        "overrides": overrides, "draws": n, "warmup_epochs": cfg.augment.warmup_epochs,
+        "val_batch": draws.val_size, "hyper_split": split, "temperature": cfg.augment.temperature,
+        "hyper": {k: v for k, v in cfg.augment.hyper.items() if k != "_target_"},
+    }  # fmt: skip
     report: dict[str, Any] = {
         "benchmark": "signal and noise of one MADAO hypergradient at fixed weights, digits",
         **stamp("benchmarks.bench_hypergrad", argv),
-        "settings": {
-            "overrides": overrides,
-            "draws": n,
-            "warmup_epochs": cfg.augment.warmup_epochs,
-            "val_batch": draws.val_size,
-            "hyper_split": split,
-            "hyper": {k: v for k, v in cfg.augment.hyper.items() if k != "_target_"},
-            "temperature": cfg.augment.temperature,
-        },  # fmt: skip
+        "settings": settings,
         "sources": {source: statistics_of(rows) for source, rows in sampled.items()},
         "averaging": {
             str(m): statistics_of(averages(sampled["all"], m)) for m in (1, 2, 4, 8) if n // m >= 2
         },
-        "val_batch": {"size": split, **statistics_of(whole)},
+        "val_batch": {
+            "size": split,
+            **statistics_of([draws.hypergrad(i, i, i, val_size=split) for i in range(n)]),
+        },
         "estimators": estimators(draws, n),
-        "reference": reference_alignment(draws, args.reference_draws, args.damping),
+        "reference": reference_alignment(draws, args.reference_draws),
         "ops": op_gradients(draws, args.op_batches),
     }
-    report["wall_s"] = time.perf_counter() - started
-    write_json(args.out, report)
-    print("\n".join(hypergrad_body(report)))
-    print(f"wrote {args.out} in {report['wall_s']:.0f} s")
+    write_json(args.out, {**report, "wall_s": time.perf_counter() - started})
+    print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -1,10 +1,9 @@
 """Time the augmentation policies on one CPU batch against kornia's and torchvision's RandAugment.
 
-The cases of :func:`make_cases` on one (128, 3, 32, 32) batch in [0, 1]: MADAO's policy (K = 2) with hard
-draws (the inner steps) and with relaxed draws and backward (its share of a hyper step), the fixed policies on
-the same op table, kornia's batched RandAugment (two op calls per *batch*) and torchvision's per-sample one
-(a DataLoader transform's cost). Rounds interleave the cases after warm-up rounds, once per ``--threads``
-value: median / min / max ms and ``madao_no_grad / kornia_randaugment`` (medians; target <= 1.5).
+The cases of :func:`make_cases` on one (128, 3, 32, 32) batch: MADAO's policy (K = 2) with hard draws (the
+inner steps) and with relaxed draws and backward (its share of a hyper step), the fixed policies on the same
+ops, kornia's batched RandAugment and torchvision's per sample (a DataLoader transform's cost), interleaved,
+once per ``--threads`` value: median / min / max ms, and ``madao_no_grad / kornia_randaugment`` (target 1.5).
 
 Run: ``python -m benchmarks.bench_policy --out benchmarks/results/policy.json``
 """
@@ -28,31 +27,32 @@ from kornia.augmentation.auto import RandAugment as KorniaRandAugment
 from benchmarks.common import stamp, write_json
 from madao_pl.augment import AutoAugmentPolicy, MADAOPolicy, RandAugmentPolicy, TrivialAugmentPolicy
 
-RATIO_TARGET = 1.5
+RATIO_TARGET, SEED = 1.5, 0
 
 
-def make_cases(batch: torch.Tensor, seed: int) -> dict[str, Callable[[], object]]:
+def make_cases(batch: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The timed closures; each augments one whole batch."""
-    generator = torch.Generator().manual_seed(seed)
-    madao = MADAOPolicy(num_stages=2)
-    fixed = {
-        "randaugment_no_grad": RandAugmentPolicy(num_ops=2, magnitude=0.5),
-        "trivialaugment_no_grad": TrivialAugmentPolicy(),
-        "autoaugment_cifar10_no_grad": AutoAugmentPolicy("cifar10"),
+    generator = torch.Generator().manual_seed(SEED)
+    weights = torch.randn(batch.shape, generator=torch.Generator().manual_seed(SEED + 1))
+    madao, kornia_ra = MADAOPolicy(num_stages=2), KorniaRandAugment(n=2, m=15)
+    torchvision_ra, batch_uint8 = (
+        v2.RandAugment(num_ops=2, magnitude=15),
+        (batch * 255).round().to(torch.uint8),
+    )
+    ours = {
+        "madao": madao,
+        "randaugment": RandAugmentPolicy(num_ops=2, magnitude=0.5),
+        "trivialaugment": TrivialAugmentPolicy(),
+        "autoaugment_cifar10": AutoAugmentPolicy("cifar10"),
     }
-    kornia_ra, torchvision_ra = KorniaRandAugment(n=2, m=15), v2.RandAugment(num_ops=2, magnitude=15)
-    batch_uint8 = (batch * 255).round().to(torch.uint8)
-    weights = torch.randn(batch.shape, generator=torch.Generator().manual_seed(seed + 1))
 
     def madao_forward_backward() -> None:
         madao.zero_grad(set_to_none=True)
         (madao(batch, generator=generator) * weights).sum().backward()
 
-    no_grad = {name: partial(policy, batch, generator=generator) for name, policy in fixed.items()}
     return {
-        "madao_no_grad": torch.no_grad()(lambda: madao(batch, generator=generator)),
+        **{f"{n}_no_grad": torch.no_grad()(partial(p, batch, generator=generator)) for n, p in ours.items()},
         "madao_forward_backward": madao_forward_backward,
-        **{name: torch.no_grad()(call) for name, call in no_grad.items()},
         "kornia_randaugment": torch.no_grad()(lambda: kornia_ra(batch)),
         "torchvision_v2_randaugment_per_sample": lambda: [torchvision_ra(image) for image in batch_uint8],
     }
@@ -77,22 +77,19 @@ def run(cases: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/policy.json"))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
         "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, a run each"
     )
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    shape = [args.batch, 3, args.size, args.size]
-    batch = torch.rand(*shape, generator=torch.Generator().manual_seed(args.seed))
+    shape = [128, 3, 32, 32]
+    batch = torch.rand(*shape, generator=torch.Generator().manual_seed(SEED))
     runs = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         load_before = list(os.getloadavg())
-        results = run(make_cases(batch, args.seed), args.warmup, args.reps)
+        results = run(make_cases(batch), args.warmup, args.reps)
         madao = results["madao_no_grad"]["median_ms"]
         ratio = madao / results["kornia_randaugment"]["median_ms"]
         runs[f"threads={threads}"] = {
@@ -106,23 +103,12 @@ def main(argv: list[str] | None = None) -> None:
             / madao,
         }
         print(f"threads {threads}: " + ", ".join(f"{n} {r['median_ms']:.2f} ms" for n, r in results.items()))
-    versions = {"torchvision": torchvision.__version__, "kornia": kornia.__version__}
-    settings = {
-        "warmup_rounds": args.warmup,
-        "timed_rounds": args.reps,
-        "interleaved": True,
-        "seed": args.seed,
-    }
-    write_json(
-        args.out,
-        {
-            "benchmark": "augmentation policy on one CPU batch",
-            "batch_shape": shape,
-            **stamp("benchmarks.bench_policy", argv, **versions),
-            "settings": settings,
-            "runs": runs,
-        },
+    meta = stamp(
+        "benchmarks.bench_policy", argv, torchvision=torchvision.__version__, kornia=kornia.__version__
     )
+    settings = {"warmup_rounds": args.warmup, "timed_rounds": args.reps, "interleaved": True, "seed": SEED}
+    report = {"benchmark": "augmentation policy on one CPU batch", "batch_shape": shape, **meta}
+    write_json(args.out, {**report, "settings": settings, "runs": runs})
     print(f"wrote {args.out}")
 
 

@@ -1,5 +1,5 @@
-"""What the benchmarks share: where results go, the provenance block every result file starts with (so that
-``report.py`` reads the same keys from each), and a launcher for processes that run side by side."""
+"""What the benchmarks share: where results go, the provenance block every result file starts with, the
+``-- OVERRIDE ...`` split of a command line, and a launcher for processes that run side by side."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,22 +18,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+QUIET_TRAINER = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+QUIET_TRAINER |= {"enable_model_summary": False, "limit_val_batches": 0}
+"""``pytorch_lightning.Trainer`` arguments of a benchmark fit: no logger, checkpoints, bars, validation."""
 
 
 def stamp(module: str, argv: list[str] | None, **extra: Any) -> dict[str, Any]:
     """Date (UTC), the command that ran (``python -m <module> <argv>``, default ``sys.argv[1:]``) and the
     machine it ran on, ``extra`` added."""
+    info = Path("/proc/cpuinfo")
+    cpus = re.findall(r"^model name\s*:\s*(.+)$", info.read_text() if info.is_file() else "", re.MULTILINE)
     machine = {
-        "cpu": cpu_name(),
+        "cpu": cpus[0].strip() if cpus else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -53,6 +50,11 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` (parents created), indented, ending in a newline."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` cut at ``--``: the script's own arguments, and the Hydra overrides after it."""
+    return (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
 
 
 def run_at_most(

@@ -1,11 +1,8 @@
-"""Regenerate ``benchmarks/README.md`` and the top README's results part from ``benchmarks/results/*.json``.
+"""Regenerate ``benchmarks/README.md`` and the top README's results part (between :data:`BEGIN` and
+:data:`END`: the accuracy table and MADAO's cost) from ``benchmarks/results/*.json``. Every section names
+the machine, date and command of its numbers; a result file missing, or in an older layout, is not run yet.
 
-Nothing here measures anything: every section names the machine, date and command of its numbers; a result
-file that is missing, or in an older layout, is listed as not run yet. In the top ``README.md`` the text
-between :data:`BEGIN` and :data:`END` becomes the accuracy table and MADAO's cost (a README without both
-markers is left alone).
-
-Run: ``python -m benchmarks.report [--results DIR] [--out FILE] [--top-readme FILE | --no-top-readme]``.
+Run: ``python -m benchmarks.report [--results DIR] [--out FILE] [--no-top-readme]``.
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,7 @@ BENCHMARKS = {
     "hypergrad": ("Signal and noise of one hypergradient on digits", "sources"),
 }
 """Result file -> (section title, a key only the current layout has)."""
-COMMANDS = {
-    name: f"python -m benchmarks.bench_{name} --out benchmarks/results/{name}.json" for name in BENCHMARKS
-}
+COMMANDS = {n: f"python -m benchmarks.bench_{n} --out benchmarks/results/{n}.json" for n in BENCHMARKS}
 RATIO_COLUMNS = {
     "time_vs_randaugment": "time / RA",
     "time_vs_baseline": "time / baseline",
@@ -63,14 +59,16 @@ def load(results_dir: Path, name: str) -> dict[str, Any] | None:
     return report if BENCHMARKS[name][1] in report else None
 
 
-def fmt(value: Any, digits: int = 2) -> str:
-    """``digits`` decimals (a tiny number in e-notation); '—' for None; bools as yes / no."""
+def fmt(value: Any, spec: int | str = 2) -> str:
+    """A format ``spec``, or that many decimals (a tiny number in e-notation); '—' for None; yes / no."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(spec, str):
+        return format(value, spec)
     if isinstance(value, float):
-        return f"{value:.2e}" if value != 0 and abs(value) < 10**-digits else f"{value:.{digits}f}"
+        return f"{value:.2e}" if value != 0 and abs(value) < 10**-spec else f"{value:.{spec}f}"
     return str(value)
 
 
@@ -79,9 +77,19 @@ def block(caption: str, header: list[str], rows: list[list[str]]) -> list[str]:
     return [caption, "", markdown_table(header, rows), ""] if rows else []
 
 
+def key_table(
+    caption: str, first: str, items: dict[str, Any], columns: list[tuple[str, str, int | str]]
+) -> list[str]:
+    """:func:`block` with a row per item (its name in backticks, under ``first``) and a cell per column
+    ``(header, key of the item, fmt's spec)``."""
+    rows = [
+        [f"`{name}`", *(fmt(item[key], spec) for _, key, spec in columns)] for name, item in items.items()
+    ]
+    return block(caption, [first, *(header for header, _, _ in columns)], rows)
+
+
 def provenance(report: dict[str, Any]) -> str:
-    """When, on what and by which command the numbers of ``report`` were measured (and, per sweep, the runs
-    behind them: ``runs_by``)."""
+    """When, on what and by which command the numbers were measured (per sweep: ``runs_by``)."""
     m = report["machine"]
     versions = ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "torchvision", "kornia") if m.get(k))
     where = f"{m['cpu_count']} CPU cores ({m.get('cpu')})" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
@@ -102,14 +110,12 @@ def policy_body(report: dict[str, Any]) -> list[str]:
         f"{s['warmup_rounds']} warm-up rounds, cases interleaved. Milliseconds per batch.",
         "",
     ]
+    columns = [(f"{k} ms", f"{k}_ms", 2) for k in ("median", "min", "max")]
     for name, run in report["runs"].items():
-        rows = [
-            [f"`{c}`", fmt(r["median_ms"]), fmt(r["min_ms"]), fmt(r["max_ms"])]
-            for c, r in run["results"].items()
-        ]
         load_before = fmt(run["load_average_1_5_15_before"][0], 1)
-        caption = f"### {name} (1-minute load average before: {load_before})"
-        out += block(caption, ["case", "median ms", "min ms", "max ms"], rows)
+        out += key_table(
+            f"### {name} (1-minute load average before: {load_before})", "case", run["results"], columns
+        )
         out += [
             "MADAO (no grad) / kornia RandAugment, medians: "
             f"**{fmt(run['ratio_madao_no_grad_over_kornia_randaugment'])}** "
@@ -128,11 +134,10 @@ def cost_table(report: dict[str, Any], cases: list[str]) -> str:
     for name in cases:
         r, hyper = report["cases"][name], variants.get(name) or {}
         shown = {k: hyper[k] for k in ("neumann_tol", "recompute") if k in hyper}
-        if hyper.get("num_classes"):  # a class-conditional policy
-            shown["classes"] = hyper["num_classes"]
-        settings = " ".join(f"{k}={str(v).lower()}" for k, v in shown.items())
+        shown |= {"classes": hyper["num_classes"]} if hyper.get("num_classes") else {}
         rows.append([
-            f"`{name}`", settings, fmt(r["time_per_batch_s"], 3), fmt(r["inner_step_s_median"], 3),
+            f"`{name}`", " ".join(f"{k}={str(v).lower()}" for k, v in shown.items()),
+            fmt(r["time_per_batch_s"], 3), fmt(r["inner_step_s_median"], 3),
             ", ".join(fmt(t, 3) for t in r["hyper_step_s"]) or "—",
             fmt(r["total_hvps"] / r["hyper_steps"], 1) if r["hyper_steps"] else "—",
             fmt(r["peak_above_setup_mb"], 0), *(fmt(ratios[name].get(k)) for k in keys),
@@ -142,8 +147,7 @@ def cost_table(report: dict[str, Any], cases: list[str]) -> str:
 
 
 def cost_body(report: dict[str, Any]) -> list[str]:
-    """What ran, the cost table, the hyper step by profiler range, the variants' hypergradients against
-    ``plain``'s."""
+    """What ran, the cost table, the hyper step by profiler range, the hypergradients against ``plain``'s."""
     s, profiles = report["settings"], report["profiles"]
     text = (
         f"{s['model']}, batch {s['batch']}, synthetic {s['image_size']}x{s['image_size']} images, Cutout "
@@ -169,22 +173,21 @@ def cost_body(report: dict[str, Any]) -> list[str]:
         [f"`{k}`", *(fmt(r.get("seconds"), 3) for r in v), *(fmt(r.get("count")) for r in v)]
         for k, v in ranges.items()
     ]
-    header = ["range", *(f"{n} s" for n in profiles), *(f"{n} calls" for n in profiles)]
-    out = [text, "", cost_table(report, list(report["cases"])), ""]
-    out += block(
+    caption = (
         "The hyper step by its `torch.profiler` ranges (CPU time), a separate process per variant, one cycle "
-        f"at s = {s['probe_inner_steps']} (the profiler slows the step and its buffers take GBs):",
-        header,
-        rows,
+        f"at s = {s['probe_inner_steps']} (the profiler slows the step and its buffers take GBs):"
     )
-    rows = [
-        [f"`{n}`", f"{c['rel_diff']:.2e}", f"{c['cosine']:.6f}", fmt(c["same_state"])]
-        for n, c in report["hypergrad_vs_plain"].items()
-    ]
+    header = ["range", *(f"{n} s" for n in profiles), *(f"{n} calls" for n in profiles)]
+    out = [text, "", cost_table(report, list(report["cases"])), "", *block(caption, header, rows)]
     caption = (
         "The first hypergradient against `plain`'s (same seed: the same state if the fingerprints agree):"
     )
-    return out + block(caption, ["variant", "relative difference", "cosine", "same state"], rows)
+    columns = [
+        ("relative difference", "rel_diff", ".2e"),
+        ("cosine", "cosine", ".6f"),
+        ("same state", "same_state", 0),
+    ]
+    return out + key_table(caption, "variant", report["hypergrad_vs_plain"], columns)
 
 
 def cost_summary(report: dict[str, Any] | None) -> str:
@@ -205,7 +208,7 @@ def cost_summary(report: dict[str, Any] | None) -> str:
 
 
 def accuracy_caption(report: dict[str, Any]) -> str:
-    """The shared settings of the runs, per data set, as accuracy.json read them from a MADAO run's config."""
+    """The shared settings of the runs, per data set, as read from a MADAO run's config."""
     s = report["settings"]
     if not s.get("datasets"):
         return "Settings unknown: the methods sweep has no MADAO run."
@@ -215,20 +218,20 @@ def accuracy_caption(report: dict[str, Any]) -> str:
         f"alpha = {d['neumann_alpha']}, neumann_tol = {d['neumann_tol']}"
         for name, d in s["datasets"].items()
     ]
-    return (
-        f"{'; '.join(parts)}. Seeds {s['seeds']}; no per-method or per-data-set tuning, every method through "
-        "the same ops and module."
-    )
+    same = "no per-method or per-data-set tuning, every method through the same ops and module"
+    return f"{'; '.join(parts)}. Seeds {s['seeds']}; {same}."
 
 
 def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -> list[str]:
-    """summarize.py's tables of the sweeps, their plots, the learned policy's plots, the levers' overrides and
-    how far each policy moved."""
+    """summarize.py's tables of the sweeps, the plots, the levers' overrides, how far each policy moved and
+    what the class-conditional policy learned."""
     tables, failed = report["tables"], {n: s for n, s in report["sweep_exit_status"].items() if s}
     out = [accuracy_caption(report), ""]
     if failed or report["problems"]:
-        statuses = failed or "all 0"
-        out += [f"**Incomplete**: sweep exit statuses {statuses}; problems listed under the tables.", ""]
+        out += [
+            f"**Incomplete**: sweep exit statuses {failed or 'all 0'}; problems listed under the tables.",
+            "",
+        ]
     out += [tables.get("methods", "").rstrip(), ""]
     for key, heading, image in ACCURACY_SECTIONS:
         table = [tables[key].rstrip(), ""] if key in tables else []
@@ -237,103 +240,98 @@ def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -
         out += [f"### {heading}", "", *table, *shown] if table or shown else []
     levers = [[f"`{name}`", " ".join(f"`{o}`" for o in v)] for name, v in report.get("levers", {}).items()]
     out += block("The levers' overrides:", ["lever", "overrides"], levers)
-    return out + movement_table(report.get("movement", [])) + class_policy_table(report.get("class_policy"))
-
-
-def class_policy_table(learned: dict[str, Any] | None) -> list[str]:
-    """Per class of the class-conditional run: the ops whose use it lowered and raised most against the
-    shared part's (bench_accuracy.class_policy)."""
-    if not learned:
-        return []
-
-    def ops(pairs: list[list[Any]]) -> str:
-        return ", ".join(f"{op} {fmt(change, 3)}" for op, change in pairs)
-
-    rows = [[f"`{name}`", ops(c["lowered"]), ops(c["raised"])] for name, c in learned["classes"].items()]
-    caption = (
-        "What the class-conditional run (digits, seed 0) learned per class: the ops whose effective use "
-        "(selection x apply, summed over the stages) it lowered and raised most against the shared part's."
-    )
-    return block(caption, ["class", "lowered most", "raised most"], rows)
-
-
-def movement_table(movement: list[dict[str, Any]]) -> list[str]:
-    """Per sweep / method or lever / data set, means over seeds: how far each group of the policy moved and
-    the effective use per stage (chance that a stage changes an image), first -> last."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for row in movement:
+    for row in report.get("movement", []):
         groups.setdefault((row["sweep"], row["group"], row["dataset"]), []).append(row)
-
-    def mean(rows: list[dict[str, Any]], key: str) -> float:
-        return sum(r[key] for r in rows) / len(rows)
-
-    table = [
+    moved = [
         [f"{sweep} `{group}`", dataset, str(len(rows)), fmt(mean(rows, "hyper_steps"), 0),
          *(fmt(mean(rows, f"{g}_mean_abs_change"), 4) for g in ("selection", "apply", "magnitude")),
          *(f"{fmt(mean(rows, f'use_stage{k}_first'))} -> {fmt(mean(rows, f'use_stage{k}_last'))}"
            for k in (0, 1) if f"use_stage{k}_first" in rows[0])]
         for (sweep, group, dataset), rows in groups.items()
     ]  # fmt: skip
-    header = ["run", "data set", "seeds", "hyper steps", "selection |change|", "apply |change|"]
-    header += ["magnitude |change|", "use stage 0", "use stage 1"]
     caption = (
         "How far the learned policies moved (first against last row of each run's `policy_history.csv`, "
         "mean over ops and stages, then over seeds); use: sum over ops of selection x apply probability."
     )
-    return block(caption, header, table)
+    header = [
+        "run",
+        "data set",
+        "seeds",
+        "hyper steps",
+        *(f"{g} |change|" for g in ("selection", "apply", "magnitude")),
+    ]
+    out += block(caption, [*header, "use stage 0", "use stage 1"], moved)
+    classes = (report.get("class_policy") or {}).get("classes", {})
+    rows = [
+        [f"`{n}`", *(", ".join(f"{op} {fmt(d, 3)}" for op, d in c[k]) for k in ("lowered", "raised"))]
+        for n, c in classes.items()
+    ]
+    caption = (
+        "What the class-conditional run (digits, seed 0) learned per class: the ops whose effective use "
+        "(selection x apply, summed over the stages) it lowered and raised most against the shared part's."
+    )
+    return out + block(caption, ["class", "lowered most", "raised most"], rows)
+
+
+def mean(rows: list[dict[str, Any]], key: str) -> float:
+    """The mean of ``key`` over ``rows``."""
+    return statistics.fmean(r[key] for r in rows)
 
 
 def hypergrad_body(report: dict[str, Any]) -> list[str]:
     """Per source / averaging / batch: mean pairwise cosine and median |mean| / SE per parameter group; the
     variance-reduction options; the alignment with the damped implicit gradient; the per-op gradients."""
     s, names, ref = report["settings"], list(report["sources"]["all"]), report["reference"]
-    draws = [
-        *((f"`{k}` varies", v) for k, v in report["sources"].items()),
-        *((f"average of {m} draws", v) for m, v in report["averaging"].items() if m != "1"),
-        (f"whole held-out split ({report['val_batch']['size']}) as the batch", report["val_batch"]),
-    ]
+    draws = {
+        **{f"`{k}` varies": v for k, v in report["sources"].items()},
+        **{f"average of {m} draws": v for m, v in report["averaging"].items() if m != "1"},
+        f"whole held-out split ({report['val_batch']['size']}) as the batch": report["val_batch"],
+    }
     cell = "{0[mean_pairwise_cosine]:.3f} / {0[median_abs_mean_over_se]:.2f}"
-    rows = [[label, *(cell.format(r[n]) for n in names)] for label, r in draws]
-    out = [
+    rows = [[label, *(cell.format(r[n]) for n in names)] for label, r in draws.items()]
+    out = block(
         f"After {s['warmup_epochs']} warm-up epochs of a real fit (overrides {s['overrides'] or 'none'}; "
         f"hyper step {s['hyper']}, held-out batch {s['val_batch']} of {s['hyper_split']}), {s['draws']} "
         "hypergradients at the same weights, each with its own draws. Cell: mean pairwise cosine between "
         "independent hypergradients / median over coordinates of |mean| / standard error (1.0 / large: all "
         "signal).",
-        "",
-        markdown_table(["draws", *names], rows),
-        "",
-    ]
-    rows = [
-        [f"`{name}`", str(r["rao_samples"]), fmt(r["centered_selection"]), str(r["batches"]),
-         fmt(r["seconds_per_draw"]), *(f"{r[n]['mean_pairwise_cosine']:.3f}" for n in names)]
-        for name, r in report.get("estimators", {}).items()
-    ]  # fmt: skip
-    caption = (
+        ["draws", *names],
+        rows,
+    )
+    cosines = [(n, n, ".3f") for n in names]
+    options = {
+        k: {**r, **{n: r[n]["mean_pairwise_cosine"] for n in names}} for k, r in report["estimators"].items()
+    }
+    columns = [("S", "rao_samples", 0), ("centered", "centered_selection", 0), ("k", "batches", 0)]
+    out += key_table(
         "Variance reduction, every source varying, same draws for each option: Gumbel-Rao samples S "
         "(`augment.policy.rao_samples`), the selection factor on the change only "
         "(`augment.policy.centered_selection`), training batches per hyper step k "
-        "(`augment.hyper_train_batches`). Cell: mean pairwise cosine."
+        "(`augment.hyper_train_batches`). Cell: mean pairwise cosine.",
+        "option",
+        options,
+        [*columns, ("s / draw", "seconds_per_draw", 2), *cosines],
     )
-    out += block(caption, ["option", "S", "centered", "k", "s / draw", *names], rows)
-    out += [
-        f"Cosine to the implicit gradient with a damped Hessian (lambda = {ref['damping']}, float64 CG to "
-        f"convergence), same draws, mean of {len(ref['draws'])}: "
-        f"{', '.join(f'{n} {v:.3f}' for n, v in ref['mean'].items())}.",
-        "",
-    ]
+    solvers = {"configured": {"settings": "the hyper step above", **ref["mean"]}}
     for name, solver in ref.get("solvers", {}).items():
         settings = ", ".join(f"{k}={v}" for k, v in solver.items() if k != "mean")
-        cosines = ", ".join(f"{n} {v:.3f}" for n, v in solver["mean"].items())
-        out += [f"The same for `{name}` ({settings}): {cosines}.", ""]
-    rows = [[f"`{op}`", fmt(r["grad_norm"], 3), fmt(r["inner_product"], 4), fmt(r["cosine"], 3)]
-            for op, r in report["ops"].items()]  # fmt: skip
-    caption = (
+        solvers[name] = {"settings": settings, **solver["mean"]}
+    out += key_table(
+        f"Cosine to the implicit gradient with a damped Hessian (lambda = {ref['damping']}, float64 CG to "
+        f"convergence), same draws, mean of {len(ref['draws'])}:",
+        "solver",
+        solvers,
+        [("settings", "settings", 0), *cosines],
+    )
+    return out + key_table(
         "Each op on every image of a training batch (the policy's initial magnitude): the training "
         "gradient's norm and its inner product and cosine with the validation gradient (the one-step "
-        "look-ahead rewards a large inner product):"
+        "look-ahead rewards a large inner product):",
+        "op",
+        report["ops"],
+        [("grad norm", "grad_norm", 3), ("inner product", "inner_product", 4), ("cosine", "cosine", 3)],
     )
-    return out + block(caption, ["op", "grad norm", "inner product", "cosine"], rows)
 
 
 def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) -> str:
@@ -346,12 +344,15 @@ def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) ->
     }
     files = [[f"`results/{name}.json`", name, f"`{command}`"] for name, command in COMMANDS.items()]
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`; do not edit by hand. "
         "`make bench` runs every benchmark and regenerates this page (`python -m benchmarks.run_all`); "
         "`make bench-quick` runs the cost benchmark at smoke-test scale into `outputs/bench/quick/`.",
-        "", markdown_table(["file", "benchmark", "command"], files), "",
-    ]  # fmt: skip
+        "",
+        markdown_table(["file", "benchmark", "command"], files),
+        "",
+    ]
     for name, (title, _) in BENCHMARKS.items():
         report = load(results_dir, name)
         lines.append(f"## {title} (`results/{name}.json`)\n")
@@ -375,8 +376,8 @@ def top_readme_summary(results_dir: Path = RESULTS) -> str:
 
 
 def update_top_readme(path: Path, summary: str) -> bool:
-    """Replace the text between :data:`BEGIN` and :data:`END` in ``path``; False when the file or a marker is
-    missing (then nothing changes)."""
+    """Replace the text between :data:`BEGIN` and :data:`END` in ``path``; False (nothing changes) when the
+    file or a marker is missing."""
     text = path.read_text() if path.is_file() else ""
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
@@ -389,18 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=RESULTS.parent / "README.md")
-    parser.add_argument("--top-readme", type=Path, default=ROOT / "README.md", help="README to update")
     parser.add_argument("--no-top-readme", action="store_true", help="leave the top README alone")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(build_readme(args.results, args.out.resolve().parent))
     print(f"wrote {args.out}")
     if not args.no_top_readme:
-        updated = update_top_readme(args.top_readme, top_readme_summary(args.results))
-        print(
-            f"{args.top_readme}: "
-            + ("results part updated" if updated else f"no {BEGIN} ... {END}, left alone")
-        )
+        updated = update_top_readme(ROOT / "README.md", top_readme_summary(args.results))
+        print(f"README.md: {'results part updated' if updated else f'no {BEGIN} ... {END}, left alone'}")
     return 0
 
 

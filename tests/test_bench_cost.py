@@ -24,10 +24,7 @@ def test_one_case_records_the_hyper_steps_profile_and_hypergradient(
         "seed": 0,
         "inner_steps": 2,
     }
-    command = bench_cost.case_command(
-        "plain", {**settings, "warmup_batches": {"plain": 2}, "cycles": 1}, tmp_path / "plain.json", "timed"
-    )
-    spec = json.loads(command[command.index("--run-case") + 1])
+    spec = bench_cost.case_spec("plain", {**settings, "warmup_batches": {"plain": 2}, "cycles": 1}, "timed")
     assert spec["warmup"] == 2 and spec["inner_steps"] == 2 and spec["profile"] is False
     row = bench_cost.run_case({**spec, "profile": True})
     assert row["hyper_batches"] == [1, 3] and row["hyper_steps"] == 2 and row["total_hvps"] == 10

@@ -64,4 +64,4 @@ def test_tiny_run_writes_every_part_and_renders(tmp_path: Path, single_thread: N
     assert "| `rao16_centered_k4` | 16 | yes | 4 |" in text
     assert list(result["reference"]["solvers"]) == list(bench_hypergrad.SOLVERS)
     assert all(-1 <= v["mean"]["logits"] <= 1 for v in result["reference"]["solvers"].values())
-    assert "The same for `damped_cg10` (method=cg, cg_iterations=10, damping=1.0): logits" in text
+    assert "| `damped_cg10` | method=cg, cg_iterations=10, damping=1.0 |" in text
