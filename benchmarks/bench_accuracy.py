@@ -36,6 +36,7 @@ SWEEPS = {
     "warmup_epochs": "bench_warmup",
     "levers": "bench_levers",
     "classes": "bench_classes",
+    "ssl": "bench_ssl",
 }
 """Sweep -> its experiment config; ``replay`` retrains with each ``methods`` MADAO run's final policy (same
 data set and seed); the ``replay`` and ``classes`` (``augment=madao_class``) rows join the methods table."""

@@ -6,7 +6,8 @@ WRN-28-2, synthetic 32x32 images, batch 128, Cutout 16, SGD, one torch thread, s
 threshold, so that the RSS follows the live tensors; CPU only, two at a time), ``profile`` (MADAO: the hyper
 step under ``torch.profiler``), ``timed`` (an untimed warm-up, a whole cycle for MADAO, then one timed cycle:
 wall time per batch, ``ru_maxrss`` above the RSS after setup, on a GPU the CUDA peak). From one seed every
-variant's first hyper step sees the same state: its hypergradient is compared with ``plain``'s.
+variant's first hyper step sees the same state: its hypergradient is compared with ``plain``'s. The
+self-supervised cases (:data:`SSL_CASES`, timed only) are also divided by ``ssl_randaugment``.
 
 Run: ``python -m benchmarks.bench_cost --out benchmarks/results/cost.json [--quick] [--device cuda]
 [--work-dir DIR]``: about 20 minutes on 2 CPU cores; ``--quick`` (WRN-10-1, batch 16, s = 3) two minutes.
@@ -31,6 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import kornia.augmentation as K
 import pytorch_lightning as pl
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -42,6 +44,7 @@ from madao_pl.augment import IdentityPolicy, MADAOPolicy, RandAugmentPolicy
 from madao_pl.hyperstep import HyperStepConfig
 from madao_pl.models import WideResNet
 from madao_pl.module import MADAOModule
+from madao_pl.ssl import MoCo, MoCoModule
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"neumann_tol": 0.0},
@@ -52,7 +55,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 """MADAO variants: the :class:`HyperStepConfig` fields that differ from its defaults, and ``num_classes`` of a
 class-conditional policy (the labels are the same 10 classes in every case, so the network is the same)."""
-CASES = ("baseline", "randaugment", *VARIANTS)
+SSL_CASES = ("ssl_randaugment", "ssl_madao")
+"""The self-supervised task (``MoCoModule``: MoCo v2 around the same WRN, queue 4,096, head 512 -> 128, base
+views crop and flip on device) with RandAugment and with MADAO's defaults, timed against each other."""
+CASES = ("baseline", "randaugment", *VARIANTS, *SSL_CASES)
+LEARNERS = (*VARIANTS, "ssl_madao")
 PRESETS = {
     "full": {"depth": 28, "width": 2, "batch": 128, "inner_steps": 30},
     "quick": {"depth": 10, "width": 1, "batch": 16, "inner_steps": 3},
@@ -157,19 +164,28 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*(many workers|val_dataloader|LeafSpec).*")
-    device, s, learns = torch.device(args.device), args.inner_steps, args.case in VARIANTS
+    device, s, learns = torch.device(args.device), args.inner_steps, args.case in LEARNERS
     pl.seed_everything(args.seed, workers=True, verbose=False)
     fields = dict(VARIANTS.get(args.case, {}))
     classes = fields.pop("num_classes", 0)
     hyper = HyperStepConfig(**fields)
     fixed = {"baseline": IdentityPolicy(), "randaugment": RandAugmentPolicy(num_ops=2, magnitude=0.5)}
-    module = MADAOModule(
-        WideResNet(args.depth, args.width, 10),
-        fixed.get(args.case) or MADAOPolicy(num_stages=2, num_classes=classes),
+    fixed["ssl_randaugment"] = fixed["randaugment"]
+    net, policy = WideResNet(args.depth, args.width, 10), fixed.get(args.case)
+    common = dict(
         optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4), num_classes=10,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), cutout=CUTOUT, inner_steps=s,
         hyper=hyper,
     )  # fmt: skip
+    policy = policy or MADAOPolicy(num_stages=2, num_classes=classes)
+    if args.case in SSL_CASES:
+        views = K.AugmentationSequential(
+            K.RandomResizedCrop((SIZE, SIZE), scale=(0.2, 1.0)), K.RandomHorizontalFlip()
+        )
+        moco = MoCo(net, hidden_dim=512, queue_size=4096)
+        module: MADAOModule = MoCoModule(moco, policy, views=views, **common)
+    else:
+        module = MADAOModule(net, policy, **common)
     length = args.warmup + args.cycles * s
     recorder = Recorder(device, s - 1 if learns else None, args.profile)
     trainer = pl.Trainer(
@@ -255,8 +271,12 @@ def combine(meta: dict[str, Any], settings: dict[str, Any], records: dict[str, d
         "profiles": records.get("profile", {}),
     }
     ratios: dict[str, dict[str, float]] = {case: {} for case in cases}
-    for case, metric, ref in itertools.product(cases, RATIO_METRICS, ("randaugment", "baseline")):
+    for case, metric, ref in itertools.product(
+        cases, RATIO_METRICS, ("randaugment", "baseline", *SSL_CASES[:1])
+    ):
         part, key = RATIO_METRICS[metric]
+        if (ref in SSL_CASES) != (case in SSL_CASES) and ref != "randaugment":
+            continue  # the SSL cases also against SSL RandAugment, the supervised ones not
         value, base = (report[part].get(c, {}).get(key) for c in (case, ref))
         if case != ref and value is not None and base:
             ratios[case][f"{metric}_vs_{ref}"] = value / base
@@ -264,7 +284,7 @@ def combine(meta: dict[str, Any], settings: dict[str, Any], records: dict[str, d
     compared = {}
     for name, row in cases.items():
         grad, ref = row.get("hypergrad"), plain.get("hypergrad")
-        if name != "plain" and "num_classes" not in VARIANTS.get(name, {}) and grad and ref:
+        if name in VARIANTS and name != "plain" and "num_classes" not in VARIANTS[name] and grad and ref:
             compared[name] = {
                 "rel_diff": math.dist(grad, ref) / math.hypot(*ref),
                 "cosine": sum(a * b for a, b in zip(grad, ref, strict=True))
@@ -293,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": SIZE, "cutout": CUTOUT, "device": device, "threads": THREADS, "seed": SEED,
         "optimizer": "SGD lr 0.1, momentum 0.9, weight decay 5e-4; policy: the module's default RMSprop",
         "cycles": CYCLES, "cases": list(CASES),
-        "warmup_batches": {c: s if c in VARIANTS else min(FIXED_WARMUP, s) for c in CASES},
+        "warmup_batches": {c: s if c in LEARNERS else min(FIXED_WARMUP, s) for c in CASES},
         "live_memory_env": LIVE_MEMORY_ENV if live else None, "probe_inner_steps": PROBE_INNER_STEPS,
     }  # fmt: skip
     meta, started = stamp("benchmarks.bench_cost", argv, device=device), time.perf_counter()
-    kinds = {"live": list(CASES) if live else [], "profile": list(VARIANTS), "timed": list(CASES)}
+    unsupervised = [c for c in CASES if c not in SSL_CASES]
+    kinds = {"live": unsupervised if live else [], "profile": list(VARIANTS), "timed": list(CASES)}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

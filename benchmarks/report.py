@@ -35,9 +35,13 @@ RATIO_COLUMNS = {
     "live_peak_rss_vs_randaugment": "live peak RSS / RA",
     "live_peak_above_setup_vs_randaugment": "live above setup / RA",
     "cuda_peak_vs_randaugment": "CUDA peak / RA",
+    "time_vs_ssl_randaugment": "time / SSL RA",
+    "peak_above_setup_vs_ssl_randaugment": "above setup / SSL RA",
 }
 """cost.json's ratio keys shown, and their column names (RA: RandAugment)."""
+SSL_HEADING = "Self-supervised (`task=ssl`: MoCo v2 pre-training, then the linear probe), linear-probe error"
 ACCURACY_SECTIONS = (
+    ("ssl", SSL_HEADING, None),
     ("inner_steps", "Inner steps s (paper Figure 3), MADAO", "sweep_inner_steps.png"),
     ("warmup_epochs", "Warm-up epochs w (paper Figure 6), MADAO", "sweep_warmup.png"),
     ("levers", "Levers: one change to MADAO's defaults each, seeds 0, 1, 2", None),
@@ -369,6 +373,8 @@ def top_readme_summary(results_dir: Path = RESULTS) -> str:
     methods = f"No accuracy results yet: run `{COMMANDS['accuracy']}`."
     if accuracy:
         methods = f"{accuracy_caption(accuracy)}\n\n{accuracy['tables'].get('methods', '').rstrip()}"
+        if "ssl" in accuracy["tables"]:
+            methods += f"\n\n{SSL_HEADING}:\n\n{accuracy['tables']['ssl'].rstrip()}"
     more = (
         "Both sweeps, the policy plots, the policy speed and the hyper-step breakdown: [benchmarks/README.md]"
     )

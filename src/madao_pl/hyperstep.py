@@ -56,6 +56,7 @@ from madao_pl.hypergrad import (
 __all__ = [
     "METHODS",
     "HyperStepConfig",
+    "Loss",
     "HyperStepResult",
     "augment_batch",
     "check_integer",
@@ -65,6 +66,8 @@ __all__ = [
 ]
 
 Vector = tuple[Tensor, ...]
+Loss = Callable[[Tensor, Tensor | None], Tensor]
+"""``(normalised images, labels or None) -> 0-d loss`` through the network: the hyper step's f and g."""
 METHODS = ("neumann", "cg", "exact")
 
 
@@ -171,6 +174,7 @@ class HyperStepResult:
         network_grads: ``df/dtheta`` per trainable network parameter: the network step of this step.
         train_loss: ``f`` on the augmented batch; ``val_loss``: ``g`` in eval mode (0-d each).
         info: the solver's :class:`~madao_pl.hypergrad.SolveInfo` (``info.hvps`` products performed).
+        inputs: the augmented, normalised batch the network saw ``(B, C, H, W)`` (no graph).
     """
 
     hypergrad: Vector
@@ -178,6 +182,7 @@ class HyperStepResult:
     train_loss: Tensor
     val_loss: Tensor
     info: SolveInfo
+    inputs: Tensor
 
 
 def augment_batch(
@@ -266,13 +271,15 @@ class _Replay:
 def hyper_step(
     net: nn.Module,
     policy: Policy,
-    batch: tuple[Tensor, Tensor],
-    val_batch: tuple[Tensor, Tensor],
+    batch: tuple[Tensor, Tensor | None],
+    val_batch: tuple[Tensor, Tensor | None],
     *,
     normalize: Callable[[Tensor], Tensor],
     cutout_size: int = 0,
     config: HyperStepConfig = HyperStepConfig(),  # noqa: B008 (frozen, so one shared default is safe)
     generator: torch.Generator | None = None,
+    loss: Loss | None = None,
+    val_loss: Loss | None = None,
 ) -> HyperStepResult:
     """Network gradient and implicit policy hypergradient of one hyper step (see the module doc).
 
@@ -286,8 +293,17 @@ def hyper_step(
         cutout_size: Cutout square side in pixels after the policy (0 = off).
         config: the solver and memory settings.
         generator: the policy's random generator (default ``policy.generator``).
+        loss: ``f`` on the augmented batch (default: the cross-entropy of ``net(inputs)`` against the labels;
+            the self-supervised task passes its contrastive loss). Labels may be None when it needs none.
+        val_loss: ``g`` on the normalised held-out batch, evaluated in eval mode (default: ``loss``).
     """
     (images, labels), (val_images, val_labels) = batch, val_batch
+    if loss is None:
+
+        def loss(inputs: Tensor, targets: Tensor | None) -> Tensor:
+            return F.cross_entropy(net(inputs), targets)
+
+    val_loss = val_loss if val_loss is not None else loss
     params, hparams = trainable_parameters(net), trainable_parameters(policy)
     generator = generator if generator is not None else policy.generator
 
@@ -304,8 +320,8 @@ def hyper_step(
 
     def train_gradient(create_graph: bool) -> tuple[Tensor, tuple[Tensor | None, ...]]:
         with torch.enable_grad():
-            loss = F.cross_entropy(net(inputs), labels)
-            return loss, torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+            value = loss(inputs, labels)
+            return value, torch.autograd.grad(value, params, create_graph=create_graph, allow_unused=True)
 
     with record_function("madao/train_gradient"):
         train_loss, grads = train_gradient(create_graph=not config.recompute)
@@ -325,8 +341,8 @@ def hyper_step(
     with record_function("madao/validation_gradient"), torch.enable_grad():
         was_training = net.training
         net.eval()
-        val_loss = F.cross_entropy(net(normalize(val_images)), val_labels)
-        val_grads = _detached(torch.autograd.grad(val_loss, params, allow_unused=True), params)
+        held_out_loss = val_loss(normalize(val_images), val_labels)
+        val_grads = _detached(torch.autograd.grad(held_out_loss, params, allow_unused=True), params)
         net.train(was_training)
 
     def mixed_vjp(x: Vector) -> Vector:
@@ -349,7 +365,9 @@ def hyper_step(
         if penalty is not None:
             direct = torch.autograd.grad(penalty, hparams, allow_unused=True)
             hypergrad = tuple(h if d is None else h + d for h, d in zip(hypergrad, direct, strict=True))
-    return HyperStepResult(hypergrad, network_grads, train_loss.detach(), val_loss.detach(), info)
+    return HyperStepResult(
+        hypergrad, network_grads, train_loss.detach(), held_out_loss.detach(), info, inputs.detach()
+    )
 
 
 def _direction_only(mixed_vjp: Callable[[Vector], Vector], gradient: Vector) -> Callable[[Vector], Vector]:

@@ -155,9 +155,10 @@ class MADAOModule(pl.LightningModule):
                 loss = self._hyper_step(images, labels)
         else:
             with record_function("madao/inner_step"):
+                inputs, targets = self.views(images, labels)
                 with torch.no_grad():
-                    augmented = self.augment(images, labels)
-                loss = F.cross_entropy(self.net(self.normalize(augmented)), labels)
+                    augmented = self.augment(inputs, targets)
+                loss = self.training_loss(self.normalize(augmented), targets)
                 optimizer = self._optimizers()[0]
                 optimizer.zero_grad()
                 self.manual_backward(loss)
@@ -168,17 +169,31 @@ class MADAOModule(pl.LightningModule):
             self._steps_since_warmup += 1
             self.inner_step.fill_(self._steps_since_warmup)
         self.log(
-            "train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels)
+            "train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images)
         )
         return loss.detach()
 
+    # ------------------------------------------------------------------ the task: what f and g are
+    def views(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What the policy augments and the losses read: here the images and labels themselves (the
+        self-supervised task returns two views of each image and no labels)."""
+        return images, labels
+
+    def training_loss(self, inputs: Tensor, labels: Tensor | None) -> Tensor:
+        """``f``: the cross-entropy of the network on normalised, augmented inputs."""
+        return F.cross_entropy(self.net(inputs), labels)
+
+    def validation_loss(self, inputs: Tensor, labels: Tensor | None) -> Tensor:
+        """``g``: the loss of the normalised held-out batch (the network in eval mode), here ``f``'s form."""
+        return F.cross_entropy(self.net(inputs), labels)
+
     def _hyper_step(self, images: Tensor, labels: Tensor) -> Tensor:
         """The s-th step: hyper step, then both optimiser steps with rank-averaged gradients."""
-        images, labels = self.recent_batches.join(images, labels)
-        val_images, val_labels = (t.to(self.device, non_blocking=True) for t in self.hyper_batches.next())
+        batch = self.views(*self.recent_batches.join(images, labels))
+        val_batch = self.views(*(t.to(self.device, non_blocking=True) for t in self.hyper_batches.next()))
         result = hyper_step(
-            self.net, self.policy, (images, labels), (val_images, val_labels),
-            normalize=self.normalize, cutout_size=self.cutout_size, config=self.hyper,
+            self.net, self.policy, batch, val_batch, normalize=self.normalize, cutout_size=self.cutout_size,
+            config=self.hyper, loss=self.training_loss, val_loss=self.validation_loss,
         )  # fmt: skip
         with record_function("madao/optimizer_steps"):
             network_grads, hypergrad = mean_over_ranks(result.network_grads, result.hypergrad)

@@ -32,7 +32,7 @@ from madao_pl.data import CorruptImageError, DatasetNotFoundError
 
 log = logging.getLogger("madao_pl")
 CONF = Path(__file__).resolve().parent / "conf"
-GROUPS = ("dataset", "model", "augment", "trainer", "logger", "callbacks")
+GROUPS = ("dataset", "model", "augment", "task", "trainer", "logger", "callbacks")
 REQUIRED_HINTS = {
     "dataset.root": "the image folder, e.g. dataset.root=/data/my_images",
     "augment.path": "a policy.json written by a MADAO run, e.g. augment.path=outputs/<run dir>/policy.json",
@@ -111,6 +111,9 @@ def check_config(cfg: DictConfig) -> None:
         ("dataset.epochs", cfg.dataset.epochs, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
         ("dataset.lr", cfg.dataset.lr, lambda v: _number(v) and v > 0, "a number > 0"),
     ]
+    if "probe_epochs" in cfg.task:
+        valid = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+        checks.append(("task.probe_epochs", cfg.task.probe_epochs, valid, "an integer >= 1"))
     for key, value, valid, expected in checks:
         if not valid(value):
             raise ConfigError(f"{key}={value!r} is invalid: it must be {expected}")
@@ -187,6 +190,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 RESUME_MUST_MATCH = (
+    "task.name",
     "dataset.name",
     "model",
     "augment.name",
@@ -265,6 +269,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.setup("fit")
         num_classes = datamodule.num_classes
     net = build(cfg, "model.net", num_classes=num_classes)
+    if "network" in cfg.task:  # task=ssl: the model's network becomes MoCo's encoder
+        net = build(cfg, "task.network", backbone=net)
     # a class-conditional policy on a data set whose classes are read from the data (dataset=folder)
     unknown = "num_classes" in cfg.augment.policy and cfg.augment.policy.num_classes is None
     policy = build(cfg, "augment.policy", **({"num_classes": num_classes} if unknown else {}))
@@ -295,11 +301,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     fit_seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if cfg.test:
+    if cfg.test and "probe" in cfg.task:
+        metrics.update(linear_probe(cfg, module, datamodule, num_classes, loggers))
+    elif cfg.test:
         test_metrics = trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in (test_metrics[0] if test_metrics else {}).items()})
 
     results = {
+        "task": cfg.task.name,
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "augment": cfg.augment.name,
@@ -309,7 +318,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "global_steps": trainer.global_step,
         "test_error": metrics.get("test/error"),
-        "val_error": metrics.get("val/error"),
+        "val_error": metrics.get("probe/val_error", metrics.get("val/error")),
         "hyper_steps": int(module.hyper_steps),
         "skipped_hyper_steps": int(module.skipped_hyper_steps),
         "hvps": int(module.total_hvps),
@@ -331,6 +340,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def linear_probe(
+    cfg: DictConfig, module: Any, datamodule: Any, num_classes: int, loggers: list[Any]
+) -> dict[str, float]:
+    """``task=ssl``'s evaluation: fit ``task.probe`` (a linear classifier on the frozen pre-trained encoder)
+    for ``task.probe_epochs`` on the labelled training split and test it; its metrics (``test/error``...)."""
+    probe = build(
+        cfg, "task.probe", encoder=module.net.encoder, feature_dim=module.net.feature_dim,
+        num_classes=num_classes, mean=datamodule.mean, std=datamodule.std,
+    )  # fmt: skip
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, max_epochs=cfg.task.probe_epochs, callbacks=[], logger=loggers or False,
+        enable_checkpointing=False,
+    )  # fmt: skip
+    log.info(
+        "linear probe: %d epochs on the frozen encoder's %d features",
+        cfg.task.probe_epochs,
+        probe.classifier.in_features,
+    )
+    trainer.fit(probe, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    tested = trainer.test(probe, datamodule=datamodule, verbose=False)
+    return {**metrics, **{k: float(v) for k, v in (tested[0] if tested else {}).items()}}
+
+
 def summary_line(cfg: DictConfig, datamodule: Any, num_classes: int, module: Any) -> str:
     """The start-up line: data (classes, image size, batch, loader workers), model, augmentation, length."""
     a = cfg.augment
@@ -338,7 +371,8 @@ def summary_line(cfg: DictConfig, datamodule: Any, num_classes: int, module: Any
     return (
         f"dataset={cfg.dataset.name}: {num_classes} classes, images resized to {datamodule.image_size} px, "
         f"batch {datamodule.batch_size}, {datamodule.num_workers} loader workers; model={cfg.model.name}; "
-        f"augment={a.name}{learns}; {cfg.trainer.max_epochs} epochs; outputs in {cfg.paths.output_dir}"
+        f"augment={a.name}{learns}; task={cfg.task.name}; {cfg.trainer.max_epochs} epochs; outputs in "
+        f"{cfg.paths.output_dir}"
     )
 
 
