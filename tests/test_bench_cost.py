@@ -56,9 +56,12 @@ def test_quick_cost_benchmark_end_to_end(tmp_path: Path) -> None:
         "date command machine settings cases live_memory profiles ratios hypergrad_vs_plain wall_s".split()
     )
     assert set(parts) <= set(cost)
-    assert list(cost["cases"]) == list(bench_cost.CASES) and list(cost["live_memory"]) == list(
-        bench_cost.CASES
-    )
+    supervised = [c for c in bench_cost.CASES if c not in bench_cost.SSL_CASES]
+    assert list(cost["cases"]) == list(bench_cost.CASES) and list(cost["live_memory"]) == supervised
+    ssl = cost["ratios"]["ssl_madao"]  # the self-supervised task, against its own RandAugment run
+    assert math.isfinite(ssl["time_vs_ssl_randaugment"]) and ssl["time_vs_ssl_randaugment"] > 0
+    assert "time_vs_baseline" not in ssl and "time_vs_ssl_randaugment" not in cost["ratios"]["fast"]
+    assert cost["cases"]["ssl_madao"]["hyper_step_s"] and not cost["cases"]["ssl_randaugment"]["hyper_step_s"]
     for variant in bench_cost.VARIANTS:
         ratios = cost["ratios"][variant]
         for key in (

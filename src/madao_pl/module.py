@@ -4,7 +4,8 @@ hyper step that moves the policy along the implicit hypergradient (paper Algorit
 `MADAOModule` takes any backbone, any `madao_pl.augment` policy and any datamodule that also provides
 ``hyper_dataloader()`` (un-augmented batches of a held-out split). Fixed policies (RandAugment, AutoAugment,
 TrivialAugment, identity, replay) run through the same module and never take a hyper step, so comparisons
-differ only in the policy.
+differ only in the policy. Another task changes three methods, ``views`` (what the policy augments),
+``training_loss`` (f) and ``validation_loss`` (g): `madao_pl.ssl.MoCoModule` does, for ``task=ssl``.
 """
 
 from __future__ import annotations
