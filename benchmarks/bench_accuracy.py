@@ -197,7 +197,8 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
                 title = f"{runs[0].dataset}, {runs[0].model}, seeds {sorted({r.seed for r in runs}, key=str)}"
                 plot_table(table, out.parent / PLOTS[name], title)
         found[name], problems = runs, problems + more
-        for run in (r for r in runs if name in ("methods", "levers", "ssl") and r.augment.startswith("madao")):
+        learned = [r for r in runs if name in ("methods", "levers", "ssl") and r.augment.startswith("madao")]
+        for run in learned:
             group = lever_of(run, runs_dir / name) if name == "levers" else run.augment
             if moved := policy_movement(run.path.parent):
                 movement.append(
