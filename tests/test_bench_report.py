@@ -153,6 +153,8 @@ def fake_sweeps(root: Path) -> None:
         json.dumps({"describe": {"stages": shared}, "classes": {"7": own}})
     )
     (conditional / "policy_classes.png").write_bytes(b"heat")
+    for job, method in enumerate(("baseline", "madao")):  # task=ssl: linear-probe errors
+        write_run(root / "ssl", str(job), "digits", "cnn", method, 0, 0.07 - job / 100)
     lever = write_run(root / "levers" / "rao16_centered", "0", "digits", "cnn", "madao", 0, 0.041, lr=0.2)
     history = ["hyper_step,epoch,global_step,stage,op,selection,apply,magnitude"]
     for step, (sel, app, mag) in enumerate([(0.5, 0.2, 0.6), (0.4, 0.1, 0.7)]):  # 2 ops, 1 stage
@@ -201,8 +203,12 @@ def test_accuracy_report_from_the_multirun_directories(tmp_path: Path) -> None:
     assert "| `7` | A -0.150, B 0.200 | B 0.200, A -0.150 |" in readme
     assert "(results/madao_class_policy_classes.png)" in readme
     assert "| levers `rao16_centered` | digits | 1 | 10 | 0.1000 | 0.1000 | 0.1000 | 0.20 -> 0.10 |" in readme
+    ssl = accuracy["tables"]["ssl"]  # its own table (the same method names as the supervised one)
+    assert "| digits | cnn | 7.00 (1) | 6.00 (1) |" in ssl and f"### {report.SSL_HEADING}" in readme
     summary = report.top_readme_summary(out.parent)
-    assert summary.startswith("digits: model `cnn`") and methods.rstrip() in summary
+    assert (
+        summary.startswith("digits: model `cnn`") and methods.rstrip() in summary and ssl.rstrip() in summary
+    )
 
     failed = bench_accuracy.build_report(tmp_path / "runs", out, {"methods": 1}, [])
     assert failed["complete"] is False
