@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 export WANDB_MODE ?= disabled
 
-.PHONY: install run test test-fast test-slow bench bench-quick lint format clean
+.PHONY: install run test test-fast test-slow bench bench-quick bench-gpu lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: install  ## all benchmarks: writes benchmarks/results/*.json and benchmar
 
 bench-quick: install  ## the cost benchmark alone (under 10 minutes)
 	$(PY) -m benchmarks.run_all --quick
+
+bench-gpu: install  ## on a CUDA machine: the GPU cost benchmark (a few minutes), then the READMEs
+	$(PY) -m benchmarks.run_all --only gpu
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks experiments

@@ -24,6 +24,8 @@ BENCHMARKS = {
     "cost": ("Cost of MADAO: time and memory", "ratios"),
     "accuracy": ("Test error on digits", "tables"),
     "hypergrad": ("Signal and noise of one hypergradient on digits", "sources"),
+    "levers": ("Memory levers for the hyper step's products", "memory"),
+    "gpu": ("GPU cost: time per step and CUDA memory", "cases"),
 }
 """Result file -> (section title, a key only the current layout has)."""
 COMMANDS = {n: f"python -m benchmarks.bench_{n} --out benchmarks/results/{n}.json" for n in BENCHMARKS}
@@ -107,19 +109,22 @@ def provenance(report: dict[str, Any]) -> str:
 
 
 def policy_body(report: dict[str, Any]) -> list[str]:
-    """Per torch thread count: median / min / max ms per case, and the MADAO / kornia ratio."""
+    """Per batch and torch thread count: median / min / max ms per case, and the MADAO / kornia ratio."""
     s = report["settings"]
+    shapes = report.get("batch_shapes", [report["batch_shape"]])
+    order = ", order rotated every round" if s.get("order_rotated") else ""
+    batches = ", ".join("x".join(map(str, shape)) for shape in shapes)
     out = [
-        f"Batch {'x'.join(map(str, report['batch_shape']))}, {s['timed_rounds']} timed rounds after "
-        f"{s['warmup_rounds']} warm-up rounds, cases interleaved. Milliseconds per batch.",
+        f"Batch{'es' if len(shapes) > 1 else ''} {batches}, {s['timed_rounds']} timed rounds after "
+        f"{s['warmup_rounds']} warm-up rounds, cases interleaved{order}. Milliseconds per batch.",
         "",
     ]
     columns = [(f"{k} ms", f"{k}_ms", 2) for k in ("median", "min", "max")]
     for name, run in report["runs"].items():
         load_before = fmt(run["load_average_1_5_15_before"][0], 1)
-        out += key_table(
-            f"### {name} (1-minute load average before: {load_before})", "case", run["results"], columns
-        )
+        batch = "x".join(map(str, run.get("batch_shape", report["batch_shape"])))
+        caption = f"### {name} (batch {batch}; 1-minute load average before: {load_before})"
+        out += key_table(caption, "case", run["results"], columns)
         out += [
             "MADAO (no grad) / kornia RandAugment, medians: "
             f"**{fmt(run['ratio_madao_no_grad_over_kornia_randaugment'])}** "
@@ -338,6 +343,44 @@ def hypergrad_body(report: dict[str, Any]) -> list[str]:
     )
 
 
+def levers_body(report: dict[str, Any]) -> list[str]:
+    """The peak memory of one product per lever beside a training step's, and each lever's error."""
+    s = report["settings"]
+    memory = key_table(
+        f"{s['model']}, batch {s['batch']}, {s['image_size']} px, one thread, each probe in its own process "
+        f"({', '.join(f'{k}={v}' for k, v in s['memory_env'].items())}): peak RSS above set-up.",
+        "probe",
+        report["memory"],
+        [("MiB", "peak_above_setup_mb", 0), ("/ training step", "vs_training_step", 2), ("s", "seconds", 2)],
+    )
+    steps = [f"fd_{step:g}" for step in s["steps"]]
+    columns = [(f"FD, e abs(u) = {k[3:]}", k, ".2e") for k in steps]
+    rows = {
+        name: {k: row.get(k) for k in [*steps, "forward_over_reverse"]}
+        for name, row in report["errors"].items()
+    }
+    errors = key_table(
+        "Relative error against the exact product (double backward) of a random direction u: central finite "
+        "differences per perturbation norm, and forward-over-reverse (`torch.func.jvp` of `grad`). "
+        "`softplus_float64` is the control network with softplus(beta=20) for ReLU.",
+        "network",
+        rows,
+        [*columns, ("forward-over-reverse", "forward_over_reverse", ".2e")],
+    )
+    return memory + errors
+
+
+def gpu_body(report: dict[str, Any]) -> list[str]:
+    """The cases and MADAO / RandAugment ratios of ``bench_gpu`` (its own table), with its notes."""
+    from benchmarks.bench_gpu import table  # imported here: bench_gpu imports the package's run module
+
+    device = report["device_name"] or report["device"]
+    notes = [f"Device: {device}; {report['form']} form.", f"bf16: {report['bf16']}."]
+    if report.get("note"):
+        notes.append(f"**{report['note']}**")
+    return [" ".join(notes), "", table(report), ""]
+
+
 def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) -> str:
     """The whole ``benchmarks/README.md`` (image links relative to ``readme_dir``, default its parent)."""
     bodies = {
@@ -345,6 +388,8 @@ def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) ->
         "cost": cost_body,
         "accuracy": lambda r: accuracy_body(r, results_dir, readme_dir or results_dir.parent),
         "hypergrad": hypergrad_body,
+        "levers": levers_body,
+        "gpu": gpu_body,
     }
     files = [[f"`results/{name}.json`", name, f"`{command}`"] for name, command in COMMANDS.items()]
     lines = [
