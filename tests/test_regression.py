@@ -5,10 +5,15 @@
 shear-origin change and before the redesign: the hyper step's hypergradient, network gradient, losses,
 product count and BatchNorm buffers for five settings (float64), the augmented images, and a 4-epoch digits
 fit (test error, validation error, hyper steps, learned policy).
+
+The fit is float32 and chaotic: a different kernel's rounding changes its test error. It was re-recorded
+(``fit`` and ``fit_environment`` only, on the code that had passed against the first recording) when a new
+environment gave another test error with the same hyper steps and products; the other parts are unchanged.
 """
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import pytest
@@ -109,12 +114,26 @@ def test_augmented_images_are_unchanged(recorded):
     assert torch.equal(cutout(images, CUTOUT), old["cutout"])
 
 
+def fit_environment() -> dict[str, str]:
+    """What the float32 fit's rounding depends on besides the code."""
+    import numpy
+    import pytorch_lightning
+    import sklearn
+
+    return {
+        "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "pytorch_lightning": pytorch_lightning.__version__, "numpy": numpy.__version__,
+        "scikit_learn": sklearn.__version__, "python": platform.python_version(),
+    }  # fmt: skip
+
+
 @pytest.mark.slow
 def test_digits_fit_is_unchanged(recorded, tmp_path):
     results = train(compose_config(tmp_path, *TINY, *FIT))
     old = recorded["fit"]
-    assert results["test_error"] == old["test_error"]
-    assert results["val_error"] == old["val_error"]
+    where = f"recorded with {recorded.get('fit_environment')}, running with {fit_environment()}"
+    assert results["test_error"] == old["test_error"], where
+    assert results["val_error"] == old["val_error"], where
     assert results["hyper_steps"] == old["hyper_steps"]
     assert results["hvps"] == old["hvps"]
     for new_stage, old_stage in zip(results["policy"]["stages"], old["policy"]["stages"], strict=True):
