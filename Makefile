@@ -33,8 +33,8 @@ bench: install  ## all benchmarks: writes benchmarks/results/*.json and benchmar
 bench-quick: install  ## the cost benchmark alone (under 10 minutes)
 	$(PY) -m benchmarks.run_all --quick
 
-bench-gpu: install  ## on a CUDA machine: the GPU cost benchmark (a few minutes), then the READMEs
-	$(PY) -m benchmarks.run_all --only gpu
+bench-gpu: install  ## on a CUDA machine: the GPU cost and memory-scaling benchmarks, then the READMEs
+	$(PY) -m benchmarks.run_all --only gpu scaling
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks experiments

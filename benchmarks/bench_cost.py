@@ -18,14 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
-import resource
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from functools import partial
@@ -35,10 +32,8 @@ from typing import Any
 import kornia.augmentation as K
 import pytorch_lightning as pl
 import torch
-from torch.profiler import ProfilerActivity, profile
-from torch.utils.data import DataLoader
 
-from benchmarks.common import QUIET_TRAINER, run_at_most, stamp, write_json
+from benchmarks import common
 from benchmarks.report import cost_table
 from madao_pl.augment import IdentityPolicy, MADAOPolicy, RandAugmentPolicy
 from madao_pl.hyperstep import HyperStepConfig
@@ -50,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"neumann_tol": 0.0},
     "fast": {},
     "fast_recompute": {"recompute": True},
+    "fast_segmented": {"segmented": True},
     "fast_class10": {"num_classes": 10},
     "fast_class100": {"num_classes": 100},
 }
@@ -65,8 +61,7 @@ PRESETS = {
     "quick": {"depth": 10, "width": 1, "batch": 16, "inner_steps": 3},
 }
 SIZE, CUTOUT, THREADS, SEED, CYCLES, PROBE_INNER_STEPS, FIXED_WARMUP = 32, 16, 1, 0, 1, 2, 3
-LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-KINDS = {"live": LIVE_MEMORY_ENV, "profile": {}, "timed": {}}
+KINDS = {"live": common.LIVE_MEMORY_ENV, "profile": {}, "timed": {}}
 """Process kinds, in the order they run, and the environment each adds."""
 RATIO_METRICS = {
     "time": ("cases", "time_per_batch_s"),
@@ -79,87 +74,9 @@ RATIO_METRICS = {
 """Ratio name -> (part of the report, key of a case's record) that it divides."""
 
 
-class SyntheticData(pl.LightningDataModule):
-    """Seeded random images and labels: ``length`` training batches cycling through 4 distinct ones, and 2
-    held-out batches for ``hyper_dataloader``; the loaders serve whole batches (no collation to time)."""
-
-    def __init__(self, batch: int, length: int, seed: int) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        images, labels = (
-            torch.rand(6, batch, 3, SIZE, SIZE, generator=g),
-            torch.randint(0, 10, (6, batch), generator=g),
-        )
-        batches = list(zip(images, labels, strict=True))
-        self.train, self.hyper = [batches[i % 4] for i in range(length)], batches[4:]
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train, batch_size=None)
-
-    def hyper_dataloader(self) -> DataLoader:
-        return DataLoader(self.hyper, batch_size=None)
-
-
-class Recorder(pl.Callback):
-    """Times every batch as ``(start, end, hyper step?)``, reads the memory after setup; at the first hyper
-    step also fingerprints the weights, keeps the policy's gradient and (``profile``) its profiler ranges."""
-
-    def __init__(self, device: torch.device, first_hyper: int | None, profile: bool) -> None:
-        self.device, self.first_hyper, self.profile = device, first_hyper, profile
-        self.batches: list[tuple[float, float, bool]] = []
-        self.sections: dict[str, dict[str, float]] = {}
-        self.setup_rss = self.cuda_setup = self._start = 0.0
-        self.hypergrad: list[float] | None = None
-        self.fingerprint: float | None = None
-        self._profiler: profile | None = None
-        self._before = 0
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def on_train_start(self, trainer: pl.Trainer, module: MADAOModule) -> None:
-        self._sync()
-        statm = Path("/proc/self/statm").read_text().split()  # Linux; field 1: resident pages
-        self.setup_rss = int(statm[1]) * resource.getpagesize() / 2**20
-        if self.device.type == "cuda":
-            self.cuda_setup = torch.cuda.memory_allocated(self.device) / 2**20
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: MADAOModule, batch: Any, index: int) -> None:
-        self._before = int(module.hyper_steps)
-        if index == self.first_hyper:
-            self.fingerprint = float(sum(p.detach().double().sum() for p in module.parameters()))
-            if self.profile:
-                cuda = [ProfilerActivity.CUDA] if self.device.type == "cuda" else []
-                self._profiler = profile(activities=[ProfilerActivity.CPU, *cuda])
-                self._profiler.start()
-        self._sync()
-        self._start = time.perf_counter()
-
-    def on_before_optimizer_step(self, trainer: pl.Trainer, module: MADAOModule, optimizer: Any) -> None:
-        policy = {id(p) for p in module.policy.parameters()}
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if self.hypergrad is None and params and all(id(p) in policy for p in params):
-            self.hypergrad = torch.cat([p.grad.detach().double().reshape(-1) for p in params]).tolist()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: MADAOModule, *args: Any) -> None:
-        self._sync()
-        self.batches.append((self._start, time.perf_counter(), int(module.hyper_steps) > self._before))
-        if self._profiler is not None:
-            self._profiler.stop()
-            for event in self._profiler.key_averages():
-                if event.key.startswith("madao/"):
-                    row = {"seconds": event.cpu_time_total / 1e6, "count": event.count}
-                    if getattr(event, "device_time_total", 0):
-                        row["device_seconds"] = event.device_time_total / 1e6
-                    self.sections[event.key] = row
-            self._profiler = None
-
-
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """In this process: fit ``spec["case"]`` for ``warmup + cycles * inner_steps`` batches (the keys of
-    :func:`case_spec`); what :class:`Recorder` saw, summarised."""
+    :func:`case_spec`); what :class:`~benchmarks.common.Recorder` saw, summarised."""
     args = argparse.Namespace(**spec)
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
@@ -172,7 +89,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     fixed = {"baseline": IdentityPolicy(), "randaugment": RandAugmentPolicy(num_ops=2, magnitude=0.5)}
     fixed["ssl_randaugment"] = fixed["randaugment"]
     net, policy = WideResNet(args.depth, args.width, 10), fixed.get(args.case)
-    common = dict(
+    shared = dict(
         optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4), num_classes=10,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), cutout=CUTOUT, inner_steps=s,
         hyper=hyper,
@@ -183,16 +100,16 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             K.RandomResizedCrop((SIZE, SIZE), scale=(0.2, 1.0)), K.RandomHorizontalFlip()
         )
         moco = MoCo(net, hidden_dim=512, queue_size=4096)
-        module: MADAOModule = MoCoModule(moco, policy, views=views, **common)
+        module: MADAOModule = MoCoModule(moco, policy, views=views, **shared)
     else:
-        module = MADAOModule(net, policy, **common)
+        module = MADAOModule(net, policy, **shared)
     length = args.warmup + args.cycles * s
-    recorder = Recorder(device, s - 1 if learns else None, args.profile)
+    recorder = common.Recorder(device, first_hyper=s - 1 if learns else None, profile=args.profile)
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, max_epochs=1, callbacks=[recorder], **QUIET_TRAINER
+        accelerator=device.type, devices=1, max_epochs=1, callbacks=[recorder], **common.QUIET_TRAINER
     )
-    trainer.fit(module, datamodule=SyntheticData(args.batch, length, args.seed))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+    trainer.fit(module, datamodule=common.SyntheticData(args.batch, length, SIZE, seed=args.seed))
+    peak = common.peak_rss_mb()
     marks = [h for _, _, h in recorder.batches]
     if len(marks) != length or (learns and not marks[s - 1]):
         raise RuntimeError(f"{args.case}: expected {length} batches, a hyper step at s - 1; got {marks}")
@@ -217,7 +134,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if device.type == "cuda":
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        result["cuda_peak_above_setup_mb"] = result["cuda_peak_mb"] - recorder.cuda_setup
+        result["cuda_peak_above_setup_mb"] = result["cuda_peak_mb"] - recorder.setup
     return result
 
 
@@ -234,23 +151,17 @@ def case_spec(case: str, settings: dict[str, Any], kind: str) -> dict[str, Any]:
     }
 
 
-def run_cases(names: list[str], settings: dict[str, Any], work: Path, kind: str) -> dict[str, Any]:
+def run_kind(names: list[str], settings: dict[str, Any], work: Path, kind: str) -> dict[str, Any]:
     """Each case in its own process (live probes two at a time), its JSON and log ``work/<kind>_<case>.*``."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), **KINDS[kind]}
-    stems = {case: work / f"{kind}_{case}" for case in names}
-    commands = [
-        [sys.executable, "-m", "benchmarks.bench_cost", "--out", str(stem.with_suffix(".json")),
-         "--run-case", json.dumps(case_spec(case, settings, kind))]
-        for case, stem in stems.items()
-    ]  # fmt: skip
+    env = {"OMP_NUM_THREADS": str(settings["threads"]), **KINDS[kind]}
+    specs = {f"{kind}_{case}": case_spec(case, settings, kind) for case in names}
     width = min(2, os.cpu_count() or 1) if kind == "live" else 1
-    statuses = run_at_most(commands, width, env, [stem.with_suffix(".log") for stem in stems.values()])
     records = {}
-    for (case, stem), status in zip(stems.items(), statuses, strict=True):
-        if status != 0:
-            tail = stem.with_suffix(".log").read_text()[-3000:]
-            raise RuntimeError(f"cost case {kind} {case} failed (exit {status}):\n{tail}")
-        records[case] = row = json.loads(stem.with_suffix(".json").read_text())
+    for stem, row in common.run_cases("benchmarks.bench_cost", specs, work, env, width):
+        case = stem.removeprefix(f"{kind}_")
+        if "error" in row:
+            raise RuntimeError(f"cost case {kind} {case} failed ({row['error']}):\n{row['traceback_tail']}")
+        records[case] = row
         hyper = ", ".join(f"{t:.2f}" for t in row["hyper_step_s"]) or "none"
         print(f"{kind} {case}: {row['time_per_batch_s']:.3f} s/batch, hyper step {hyper} s", flush=True)
     return records
@@ -295,17 +206,10 @@ def combine(meta: dict[str, Any], settings: dict[str, Any], records: dict[str, d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cost.json"))
-    parser.add_argument("--quick", action="store_true", help="WRN-10-1, batch 16, s = 3 (a smoke test)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--work-dir", type=Path, help="keep each case's JSON and log here (default: temp)")
-    parser.add_argument("--run-case", type=json.loads, help="internal: run one case (a JSON spec) here")
-    args = parser.parse_args(argv)
-    if args.run_case:
-        write_json(args.out, run_case(args.run_case))
+    args = common.cli(__doc__, argv, run_case)
+    if args is None:
         return 0
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device, out = args.device, args.out or common.RESULTS / "cost.json"
     preset, live = PRESETS["quick" if args.quick else "full"], device == "cpu"
     s = preset["inner_steps"]
     settings = {
@@ -314,19 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": "SGD lr 0.1, momentum 0.9, weight decay 5e-4; policy: the module's default RMSprop",
         "cycles": CYCLES, "cases": list(CASES),
         "warmup_batches": {c: s if c in LEARNERS else min(FIXED_WARMUP, s) for c in CASES},
-        "live_memory_env": LIVE_MEMORY_ENV if live else None, "probe_inner_steps": PROBE_INNER_STEPS,
+        "live_memory_env": common.LIVE_MEMORY_ENV if live else None, "probe_inner_steps": PROBE_INNER_STEPS,
     }  # fmt: skip
-    meta, started = stamp("benchmarks.bench_cost", argv, device=device), time.perf_counter()
+    meta, started = common.stamp("benchmarks.bench_cost", argv, device=device), time.perf_counter()
     unsupervised = [c for c in CASES if c not in SSL_CASES]
     kinds = {"live": unsupervised if live else [], "profile": list(VARIANTS), "timed": list(CASES)}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work_dir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        records = {kind: run_cases(names, settings, work, kind) for kind, names in kinds.items()}
+    with common.work_dir(args.work_dir) as work:
+        records = {kind: run_kind(names, settings, work, kind) for kind, names in kinds.items()}
     report = combine(meta, settings, records)
-    write_json(args.out, {**report, "wall_s": time.perf_counter() - started})
+    common.write_json(out, {**report, "wall_s": time.perf_counter() - started})
     print(cost_table(report, list(report["cases"])))
-    print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
+    print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

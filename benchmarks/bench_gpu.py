@@ -1,54 +1,35 @@
-"""GPU cost of MADAO against RandAugment: time per training step and CUDA memory of the shipped
-``MADAOModule`` through a real ``pytorch_lightning.Trainer``, on synthetic data, side by side.
+"""GPU cost of MADAO against RandAugment: time per training step and memory of the shipped ``MADAOModule``
+through a real ``pytorch_lightning.Trainer`` on synthetic data; ``--form scaling``: how the memory ratio
+grows with batch size and width (issue #16).
 
-Why: the paper's cost claim (1.7x the time, 1.94x the GPU memory, DESIGN.md §8) is a GPU figure, and the
-CPU figures of ``bench_cost`` do not carry over (kernel launches, cuDNN's double backward, the caching
-allocator); ``torch.compile`` and bf16 are the first levers a GPU user reaches for.
+Why: the paper's cost claim (1.7x the time, 1.94x the GPU memory, DESIGN.md §8) is a GPU figure; the CPU
+figures of ``bench_cost`` do not carry over (kernel launches, cuDNN's double backward, the caching allocator);
+``torch.compile`` and bf16 are the first levers a GPU user reaches for (bf16: :data:`BF16_DETAIL`).
 
-What it measures, per model (WRN-28-2: the CIFAR-10 preset, batch 128, 32 px, 10 classes; ResNet-50: the
-ImageNet preset at batch 64, 224 px, 1000 classes, torchvision's ``resnet50`` as ``model=resnet50`` builds
-it), per compile setting (eager, and ``torch.compile`` of the network only) and per augmentation
-(``augment=randaugment`` and ``augment=madao`` at s = ``augment.inner_steps`` = 30, the default hyper
-settings): the time per training step, the median over whole cycles of s steps (s - 1 inner steps and,
-for MADAO, the hyper step) after one untimed warm-up cycle, ``torch.cuda.synchronize()`` at every batch
-boundary; ``torch.cuda.max_memory_allocated`` over the timed cycles (peak statistics reset after the
-warm-up) and the memory allocated at ``on_train_start`` (network, policy and the synthetic batches;
-no optimiser state yet), so that the peak above set-up can be given; and MADAO / RandAugment of all three
-per model and compile setting. A case that fails (``torch.compile`` through the hyper step's double
-backward, out of memory, a timeout) keeps its error string in the JSON and the others go on. bf16 autocast
-is not measured: neither ``MADAOModule`` nor ``hyper_step`` has a mixed-precision path (the JSON says so).
+Forms (:data:`FORMS`, :data:`MODELS`): ``full`` (the default on CUDA): WRN-28-2 (CIFAR-10 preset, batch 128,
+32 px) and ResNet-50 (ImageNet preset, batch 64, 224 px), eager and ``torch.compile`` of the network, s = 30;
+``quick`` (the default without CUDA, a check that it runs): WRN-28-2 at batch 8 and the small CNN, 32 px,
+s = 3; ``scaling``: WRN-28-2 at batch 64, 128, 256 and WRN-28-10 at 32, s = 3, one timed cycle. Per case
+(``augment=randaugment``, ``augment=madao`` with the default hyper settings): time per step (median over the
+timed whole cycles of s steps, / s, synchronised at every batch boundary); peak memory (CUDA:
+``max_memory_allocated`` over the timed cycles; CPU: ``ru_maxrss``, for ``scaling`` under
+:data:`~benchmarks.common.LIVE_MEMORY_ENV` so that the RSS follows the live tensors), also above the memory at
+``on_train_start``; MADAO / RandAugment of the three. A failed case (compile, out of memory, timeout) keeps
+its error and the others go on. Each case is built from the real Hydra configs as ``python -m madao_pl.run``
+builds it, its batches on the device, in a process of its own: a fresh ``--run-case`` process on CUDA (never
+forked) and for ``scaling`` on CPU (the mmap threshold is read at start-up), else a fork of this one.
 
-Each case is built as ``python -m madao_pl.run`` builds it: the real Hydra configs composed
-(``dataset=cifar10|imagenet model=... augment=...``), the network, policy, hyper settings and module
-instantiated from them, the trainer from ``trainer=gpu|cpu``, logger, checkpoints, progress bar and
-validation off. The batches (random images in [0, 1], random labels) already lie on the device: the
-figures are the module's, not the loader's or the host-to-device copy's, which are the same for both
-policies. Each case runs in a process of its own, so its peak memory, CUDA caching allocator and dynamo
-state are its own (inductor's on-disk cache is shared: the second compiled case of a model may reuse the
-first's kernels): on CUDA a fresh ``python -m benchmarks.bench_gpu --run-case`` process (CUDA is never
-forked), on CPU a fork of this one (no CUDA to fork, and the child's resident-set high-water mark starts
-afresh, while importing Lightning again would take longer than the case; one torch thread, see
-:data:`CPU_THREADS`).
-
-Run: ``python -m benchmarks.bench_gpu --out benchmarks/results/gpu.json`` on a CUDA machine, a few minutes
-(the compiled cases take most of it). Without CUDA (or ``--device cpu``, or ``--quick``) it runs the
-reduced form: WRN-28-2 at batch 8 and the small CNN (``model=cnn``) in ResNet-50's place, both at 32 px,
-two timed cycles of s = 3, no compile, peak RSS instead of CUDA memory, the same JSON shape with a note
-that the GPU figures await a CUDA machine (``python -m benchmarks.bench_gpu --device cpu --quick --out
-outputs/bench/gpu_cpu.json``, under a minute on 2 cores).
+Run: ``python -m benchmarks.bench_gpu --out benchmarks/results/gpu.json`` (CUDA: a few minutes; CPU: the
+quick form, under a minute); ``python -m benchmarks.bench_gpu --form scaling --out
+benchmarks/results/scaling.json`` (12 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import multiprocessing
-import resource
+import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -61,10 +42,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
-from benchmarks.common import QUIET_TRAINER, ROOT, stamp, write_json
-from madao_pl.module import MADAOModule
+from benchmarks import common
+from benchmarks.report import gpu_table, scaling_table
 from madao_pl.run import build
 
 AUGMENTS = ("randaugment", "madao")
@@ -78,17 +58,24 @@ MODELS: dict[str, dict[str, dict[str, Any]]] = {
         "wrn28_2": {"dataset": "cifar10", "model": "wrn28_2", "batch": 8},
         "cnn": {"dataset": "cifar10", "model": "cnn", "batch": 8, "stands_in_for": "resnet50"},
     },
+    "scaling": {
+        **{f"wrn28_2_b{b}": {"dataset": "cifar10", "model": "wrn28_2", "batch": b} for b in (64, 128, 256)},
+        "wrn28_10_b32": {"dataset": "cifar10", "model": "wrn28_10", "batch": 32},
+    },
 }
 """Per form, model key -> the config choices (``dataset=``, ``model=``) and the batch; image size, classes
 and Cutout come from the data set's preset."""
 FORMS = {
-    "full": {"inner_steps": 30, "warmup_cycles": 1, "cycles": 3, "compile": [False, True]},
-    "quick": {"inner_steps": 3, "warmup_cycles": 1, "cycles": 2, "compile": [False]},
+    "full": {"inner_steps": 30, "warmup_cycles": 1, "cycles": 3, "compile": [False, True], "timeout_s": 240},
+    "quick": {"inner_steps": 3, "warmup_cycles": 1, "cycles": 2, "compile": [False], "timeout_s": 240},
+    "scaling": {"inner_steps": 3, "warmup_cycles": 1, "cycles": 1, "compile": [False], "timeout_s": 1800},
 }
-SEED, HELD_OUT_BATCHES, TRAIN_BATCHES, CASE_TIMEOUT_S = 0, 2, 4, 240
-CPU_THREADS = 1
-"""Torch threads of a CPU case, as in bench_cost; also the only count a forked child may use once its parent
-has run OpenMP threads (with more, libgomp deadlocks in the child)."""
+CPU_SCALING = {"warmup_cycles": 0}
+"""``scaling`` on CPU: no warm-up cycle (WRN-28-10's hyper step takes minutes; the RSS peak includes the
+warm-up anyway), so the time ratio is a cold cycle's."""
+SEED, CPU_THREADS = 0, 1
+"""``CPU_THREADS``: torch threads of a CPU case, as in bench_cost; also the only count a forked child may use
+once its parent has run OpenMP threads (with more, libgomp deadlocks in the child)."""
 MATMUL_PRECISION = "high"  # what madao_pl.run sets: TF32 matrix products on GPUs that have them
 BF16 = "not supported by the hyper step (float32 only)"
 BF16_DETAIL = (
@@ -96,82 +83,26 @@ BF16_DETAIL = (
     "hyper_step uses autocast; the Neumann series' correction (alpha |Hv| / |v| ~ 1e-3) is below bf16's "
     "resolution (~4e-3), so no bf16 case is measured"
 )
-CPU_NOTE = (
-    "CPU reduced form (tiny sizes, s = 3, no compile, peak RSS instead of CUDA memory): it checks that the "
-    "benchmark runs; the GPU figures await a CUDA machine (python -m benchmarks.bench_gpu --out "
-    "benchmarks/results/gpu.json)"
-)
+NOTES = {
+    ("quick", "cpu"): "CPU reduced form (tiny sizes, s = 3, no compile, peak RSS instead of CUDA memory): it "
+    "checks that the benchmark runs; the GPU figures await a CUDA machine (python -m benchmarks.bench_gpu "
+    "--out benchmarks/results/gpu.json)",
+    ("quick", "cuda"): "reduced form (tiny sizes) on CUDA",
+    ("scaling", "cpu"): "CPU: peak RSS above set-up under MALLOC_MMAP_THRESHOLD_=131072, one torch thread; "
+    "the time ratio is one cold cycle's at s = 3 (MADAO's share of time grows as s shrinks)",
+}
 RATIO_KEYS = {
     "time_per_step": "time_per_step_s",
     "peak": "peak_mb",
     "peak_above_setup": "peak_above_setup_mb",
 }
 """Ratio name -> the case key it divides (MADAO's over RandAugment's)."""
+KEYS = ("model", "dataset", "augment", "compile", "batch")
+"""What a case's record starts with, failed or not."""
 
 
 def case_name(model: str, compiled: bool, augment: str) -> str:
     return f"{model}/{'compiled' if compiled else 'eager'}/{augment}"
-
-
-class SyntheticData(pl.LightningDataModule):
-    """Seeded random images in [0, 1] and labels, on ``device``: ``length`` training batches cycling through
-    :data:`TRAIN_BATCHES` distinct ones, and :data:`HELD_OUT_BATCHES` held-out ones for
-    ``hyper_dataloader``; whole batches (nothing to collate)."""
-
-    def __init__(self, batch: int, size: int, classes: int, length: int, device: torch.device) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(SEED)
-        count = TRAIN_BATCHES + HELD_OUT_BATCHES
-        images = torch.rand(count, batch, 3, size, size, generator=g).to(device)
-        labels = torch.randint(0, classes, (count, batch), generator=g).to(device)
-        batches = list(zip(images, labels, strict=True))
-        self.train = [batches[i % TRAIN_BATCHES] for i in range(length)]
-        self.hyper = batches[TRAIN_BATCHES:]
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train, batch_size=None)
-
-    def hyper_dataloader(self) -> DataLoader:
-        return DataLoader(self.hyper, batch_size=None)
-
-
-def _rss_mb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
-
-
-class Recorder(pl.Callback):
-    """Times every batch as ``(start, end, hyper step?)`` between synchronisations; reads the memory after
-    set-up and, on CUDA, resets the peak statistics at the first timed batch."""
-
-    def __init__(self, device: torch.device, warmup_batches: int) -> None:
-        self.device, self.warmup_batches = device, warmup_batches
-        self.batches: list[tuple[float, float, bool]] = []
-        self.setup_mb = self.before_timed_mb = 0.0
-        self._start, self._before = 0.0, 0
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _memory_mb(self) -> float:
-        return torch.cuda.memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else _rss_mb()
-
-    def on_train_start(self, trainer: pl.Trainer, module: MADAOModule) -> None:
-        self._sync()
-        self.setup_mb = self._memory_mb()
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: MADAOModule, batch: Any, index: int) -> None:
-        self._sync()
-        if index == self.warmup_batches:
-            self.before_timed_mb = self._memory_mb()
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-        self._before = int(module.hyper_steps)
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: MADAOModule, *args: Any) -> None:
-        self._sync()
-        self.batches.append((self._start, time.perf_counter(), int(module.hyper_steps) > self._before))
 
 
 def compose_case(spec: dict[str, Any]) -> DictConfig:
@@ -209,16 +140,16 @@ def _fit(spec: dict[str, Any], record: dict[str, Any]) -> None:
     )  # fmt: skip
     record["parameters"] = sum(p.numel() for p in net.parameters())
     warmup, length = spec["warmup_cycles"] * s, (spec["warmup_cycles"] + spec["cycles"]) * s
-    recorder = Recorder(device, warmup)
+    recorder = common.Recorder(device, reset_at=warmup)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=[recorder], max_epochs=1, **QUIET_TRAINER, _convert_="object"
+        cfg.trainer, callbacks=[recorder], max_epochs=1, **common.QUIET_TRAINER, _convert_="object"
     )
-    data = SyntheticData(spec["batch"], size, classes, length, device)
+    data = common.SyntheticData(spec["batch"], length, size, classes, SEED, device)
     try:
         trainer.fit(module, datamodule=data)
     finally:
         record["batches_done"] = len(recorder.batches)
-        record["setup_memory_mb"] = recorder.setup_mb
+        record["setup_memory_mb"] = recorder.setup
     marks = [h for _, _, h in recorder.batches]
     expected = [module.learns_policy and i % s == s - 1 for i in range(length)]
     if marks != expected:
@@ -234,11 +165,11 @@ def _fit(spec: dict[str, Any], record: dict[str, Any]) -> None:
         total_hvps=int(module.total_hvps),
     )
     if device.type == "cuda":
-        record["before_timed_memory_mb"] = recorder.before_timed_mb
+        record["before_timed_memory_mb"] = recorder.before_timed
         record["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         record["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
     else:
-        record["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+        record["peak_mb"] = common.peak_rss_mb()
     record["peak_above_setup_mb"] = record["peak_mb"] - record["setup_memory_mb"]
 
 
@@ -249,12 +180,13 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*(many workers|val_dataloader|LeafSpec|log_every_n_steps).*")
     device = torch.device(spec["device"])
-    record: dict[str, Any] = {key: spec[key] for key in ("model", "dataset", "augment", "compile", "batch")}
-    record["inner_steps"] = spec["inner_steps"]
+    record: dict[str, Any] = {key: spec[key] for key in (*KEYS, "inner_steps")}
+    mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     record["memory_measure"] = (
         "torch.cuda.max_memory_allocated over the timed cycles"
         if device.type == "cuda"
         else "peak RSS (ru_maxrss) of the case's process, warm-up included"
+        + (f", MALLOC_MMAP_THRESHOLD_={mmap}" if mmap else "")
     )
     if device.type == "cuda":
         record["device_name"] = torch.cuda.get_device_name(device)
@@ -266,53 +198,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _child(spec: dict[str, Any], out: str) -> None:
-    write_json(Path(out), run_case(spec))
-
-
-def launch(spec: dict[str, Any], out: Path, log: Path) -> dict[str, Any]:
-    """Run one case in a process of its own (see the module doc) and read its record; a process that dies
-    or runs past :data:`CASE_TIMEOUT_S` gives a record with the error."""
-    failure = None
-    if spec["device"] == "cuda":
-        command = [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_gpu",
-            "--run-case",
-            json.dumps(spec),
-            "--out",
-            str(out),
-        ]
-        with open(log, "w") as stream:
-            try:
-                status = subprocess.run(
-                    command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT, timeout=CASE_TIMEOUT_S
-                ).returncode
-            except subprocess.TimeoutExpired:
-                status, failure = None, f"timed out after {CASE_TIMEOUT_S} s"
-    else:
-        process = multiprocessing.get_context("fork").Process(target=_child, args=(spec, str(out)))
-        process.start()
-        process.join(CASE_TIMEOUT_S)
-        if process.is_alive():
-            process.kill()
-            process.join()
-            failure = f"timed out after {CASE_TIMEOUT_S} s"
-        status = process.exitcode
-    if failure is None and status == 0 and out.is_file():
-        return json.loads(out.read_text())
-    tail = log.read_text()[-2000:] if log.is_file() else ""
-    failure = failure or f"the case's process exited with status {status}"
-    return {key: spec[key] for key in ("model", "dataset", "augment", "compile", "batch")} | {
-        "error": failure,
-        "traceback_tail": tail,
-    }
-
-
-def case_specs(form: str, device: str, threads: int, work: Path) -> dict[str, dict[str, Any]]:
+def case_specs(form: str, settings: dict[str, Any], device: str, threads: int, work: Path) -> dict[str, Any]:
     """Every case of ``form`` by name, eager before compiled (a slow compile never holds up the rest)."""
-    settings = FORMS[form]
     return {
         case_name(key, compiled, augment): {
             **{k: v for k, v in choice.items() if k != "stands_in_for"},
@@ -320,9 +207,7 @@ def case_specs(form: str, device: str, threads: int, work: Path) -> dict[str, di
             "compile": compiled,
             "device": device,
             "threads": threads,
-            "inner_steps": settings["inner_steps"],
-            "warmup_cycles": settings["warmup_cycles"],
-            "cycles": settings["cycles"],
+            **{k: settings[k] for k in ("inner_steps", "warmup_cycles", "cycles")},
             "output_dir": str(work / "runs"),
         }
         for compiled in settings["compile"]
@@ -347,71 +232,39 @@ def ratios(cases: dict[str, dict[str, Any]], form: str) -> dict[str, dict[str, A
     return result
 
 
-def table(report: dict[str, Any]) -> str:
-    """The cases and the ratios as Markdown, for the console."""
-    unit = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB"
-    lines = [
-        f"| case | s / step | hyper step s | set-up {unit} | peak {unit} | above set-up |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, row in report["cases"].items():
-        if "error" in row:
-            lines.append(f"| `{name}` | error: {row['error'][:80]} | | | | |")
-            continue
-        hyper = ", ".join(f"{t:.3f}" for t in row["hyper_step_s"]) or "—"
-        lines.append(
-            f"| `{name}` | {row['time_per_step_s']:.4f} | {hyper} | {row['setup_memory_mb']:.0f} | "
-            f"{row['peak_mb']:.0f} | {row['peak_above_setup_mb']:.0f} |"
-        )
-    lines += ["", "| MADAO / RandAugment | time per step | peak | peak above set-up |", "|---|---|---|---|"]
-    for name, row in report["ratios"].items():
-        if "error" in row:
-            lines.append(f"| `{name}` | error | | |")
-        else:
-            values = " | ".join(f"{row[ratio]:.2f}" for ratio in RATIO_KEYS)
-            lines.append(f"| `{name}` | {values} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu.json"))
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
-    parser.add_argument("--quick", action="store_true", help="the reduced form (always on CPU)")
-    parser.add_argument("--work-dir", type=Path, help="keep each case's JSON and log here (default: temp)")
-    parser.add_argument("--run-case", type=json.loads, help="internal: run one case (a JSON spec) here")
-    args = parser.parse_args(argv)
-    if args.run_case:
-        write_json(args.out, run_case(args.run_case))
+    form_help = "full (the default on CUDA), quick (the default on CPU; also --quick) or scaling"
+    args = common.cli(__doc__, argv, run_case, **{"--form": {"choices": list(FORMS), "help": form_help}})
+    if args is None:
         return 0
-    device = args.device or ("cuda" if torch.cuda.device_count() > 0 else "cpu")  # NVML: CUDA stays unforked
-    form = "quick" if args.quick or device == "cpu" else "full"
-    threads = torch.get_num_threads() if device == "cuda" else CPU_THREADS
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work_dir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        cases = {}
-        for name, spec in case_specs(form, device, threads, work).items():
-            stem = work / name.replace("/", "_")
-            cases[name] = row = launch(spec, stem.with_suffix(".json"), stem.with_suffix(".log"))
+    device, cuda = args.device, args.device == "cuda"
+    form = args.form or ("quick" if args.quick or not cuda else "full")
+    live = form == "scaling" and not cuda  # fresh processes under the fixed mmap threshold
+    settings = FORMS[form] | (CPU_SCALING if live else {})
+    threads = torch.get_num_threads() if cuda else CPU_THREADS
+    env = {"OMP_NUM_THREADS": str(threads), **(common.LIVE_MEMORY_ENV if live else {})}
+    started, cases = time.perf_counter(), {}
+    with common.work_dir(args.work_dir) as work:
+        specs = case_specs(form, settings, device, threads, work)
+        fork, timeout = not cuda and not live, settings["timeout_s"]
+        for name, row in common.run_cases("benchmarks.bench_gpu", specs, work, env, 1, timeout, fork):
+            cases[name] = row = {**{key: specs[name][key] for key in KEYS}, **row}
             shown = f"error: {row['error']}" if "error" in row else f"{row['time_per_step_s']:.4f} s/step"
             print(f"{name}: {shown}", flush=True)
-    cuda = device == "cuda"
     report = {
         "benchmark": "GPU cost of MADAO against RandAugment: time per step and memory through the Trainer",
-        **stamp("benchmarks.bench_gpu", argv, device=device),  # after the cases: the CPU forks see no CUDA
+        **common.stamp("benchmarks.bench_gpu", argv, device=device),  # after the cases: forks see no CUDA
         "device": device,
         "device_name": torch.cuda.get_device_name(0) if cuda else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "form": form,
-        "note": None if form == "full" else CPU_NOTE if not cuda else "reduced form (tiny sizes) on CUDA",
+        "note": NOTES.get((form, device)),
         "bf16": BF16,
         "bf16_detail": BF16_DETAIL,
         "settings": {
-            **FORMS[form],
+            **settings,
             "models": MODELS[form],
             "augments": list(AUGMENTS),
             "hyper": "augment.hyper's defaults (madao_pl.hyperstep.HyperStepConfig)",
@@ -421,15 +274,17 @@ def main(argv: list[str] | None = None) -> int:
             "float32_matmul_precision": MATMUL_PRECISION,
             "threads": threads,
             "seed": SEED,
-            "isolation": "a fresh process per case" if cuda else "a fork per case",
+            "isolation": "a fork per case" if not cuda and not live else "a fresh process per case",
+            "memory_env": common.LIVE_MEMORY_ENV if live else None,
         },
         "cases": cases,
         "ratios": ratios(cases, form),
         "wall_s": time.perf_counter() - started,
     }
-    write_json(args.out, report)
-    print(table(report))
-    print(f"wrote {args.out} in {report['wall_s']:.0f} s")
+    out = args.out or common.RESULTS / f"{'scaling' if form == 'scaling' else 'gpu'}.json"
+    common.write_json(out, report)
+    print(scaling_table(report) if form == "scaling" else gpu_table(report))
+    print(f"wrote {out} in {report['wall_s']:.0f} s")
     return 0 if all("error" not in row for row in cases.values() if not row["compile"]) else 1
 
 

@@ -13,6 +13,8 @@ BatchNorm in train mode, batch 64, 32 px, one torch thread:
   product, with ``relu'' = 0``, does not have; float64 does not help).
 - ``forward_over_reverse``: ``torch.func.jvp`` of ``torch.func.grad`` (no graph kept between products;
   exact up to rounding).
+- ``segmented``: the shipped ``hyper.segmented`` product (:class:`madao_pl.segmented.SegmentedProducts`):
+  forward-over-reverse one residual block at a time from the kept block boundaries (exact).
 
 Each memory probe runs in its own process under a fixed glibc mmap threshold (the RSS then follows the
 live tensors): the peak RSS above the set-up of one training step (forward, backward, SGD step), of the
@@ -42,12 +44,13 @@ from torch.func import functional_call, grad, jvp
 
 from benchmarks.common import ROOT, stamp, write_json
 from madao_pl.hypergrad import second_order_vjp
-from madao_pl.models import WideResNet, wide_resnet
+from madao_pl.models import WideResNet, network_segments, wide_resnet
+from madao_pl.segmented import SegmentedProducts
 
 BATCH, SIZE, DEPTH, WIDTH, SEED = 64, 32, 16, 2, 0
 STEPS = (1e-1, 1e-2, 1e-3, 1e-4)
 """Perturbation norms ``e |u|`` of the finite differences."""
-PROBES = ("training_step", "double_backward", "forward_over_reverse", "finite_difference")
+PROBES = ("training_step", "double_backward", "forward_over_reverse", "finite_difference", "segmented")
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
 
 
@@ -116,6 +119,11 @@ def forward_over_reverse(net: nn.Module, images: Tensor, labels: Tensor, u: list
     return list(jvp(gradient, tuple(p.detach() for p in net.parameters()), tuple(u))[1])
 
 
+def segmented(net: nn.Module, images: Tensor, labels: Tensor, u: list[Tensor]) -> list[Tensor]:
+    """The shipped segmented product ``H u`` (one block's activations at a time)."""
+    return list(SegmentedProducts(network_segments(net), list(net.parameters()), images, labels)(u)[0])
+
+
 def relative(a: list[Tensor], b: list[Tensor]) -> float:
     """``|a - b| / |b|`` of two tuples taken as one vector, in float64."""
     flat_a, flat_b = (torch.cat([t.double().reshape(-1) for t in v]) for v in (a, b))
@@ -136,6 +144,7 @@ def errors(dtype: torch.dtype, smooth: bool) -> dict[str, float]:
         exact = double_backward(net, loss, u)
         out = {f"fd_{step:g}": relative(finite_difference(net, loss, u, step), exact) for step in STEPS}
     if not smooth:
+        out["segmented"] = relative(segmented(net, images, labels, u), exact)
         out["forward_over_reverse"] = relative(forward_over_reverse(net, images, labels, u), exact)
     return out
 
@@ -159,6 +168,8 @@ def probe(name: str) -> dict[str, float]:
         double_backward(net, loss, u)
     elif name == "forward_over_reverse":
         forward_over_reverse(net, images, labels, u)
+    elif name == "segmented":
+        segmented(net, images, labels, u)
     else:
         finite_difference(net, loss, u, 1e-2)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10

@@ -1,26 +1,41 @@
 """What the benchmarks share: where results go, the provenance block every result file starts with, the
-``-- OVERRIDE ...`` split of a command line, and a launcher for processes that run side by side."""
+``-- OVERRIDE ...`` split of a command line, a launcher for processes that run side by side, and what the
+cost benchmarks (``bench_cost``, ``bench_gpu``) share: their command line, one case per process, the
+synthetic data and the callback that times and measures a fit."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime
+import importlib
 import json
+import multiprocessing.context
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 QUIET_TRAINER = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
 QUIET_TRAINER |= {"enable_model_summary": False, "limit_val_batches": 0}
 """``pytorch_lightning.Trainer`` arguments of a benchmark fit: no logger, checkpoints, bars, validation."""
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+"""A fixed glibc mmap threshold: freed tensors leave the resident set at once, so the RSS follows the live
+tensors (a process's environment: it must be set before the process starts)."""
 
 
 def stamp(module: str, argv: list[str] | None, **extra: Any) -> dict[str, Any]:
@@ -59,15 +74,224 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def run_at_most(
     commands: list[list[str]], width: int, env: dict[str, str], logs: list[Path] | None = None
-) -> Iterator[int]:
+) -> Iterator[int | None]:
     """Run ``commands`` from the repository root, at most ``width`` at a time, stdout and stderr into ``logs``
     (default: stdout discarded, stderr shown); yield their exit statuses, in order."""
-    running = []
-    for i, command in enumerate(commands):
+
+    def start(i: int) -> subprocess.Popen:
         with open(logs[i] if logs else os.devnull, "w") as log:
             stderr = subprocess.STDOUT if logs else None
-            running.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=stderr))
+            return subprocess.Popen(commands[i], cwd=ROOT, env=env, stdout=log, stderr=stderr)
+
+    return _at_most((start(i) for i in range(len(commands))), width)
+
+
+def _at_most(processes: Iterable[Any], width: int, timeout: float | None = None) -> Iterator[int | None]:
+    """Take the (lazily started) ``processes``, at most ``width`` running; yield each exit status in order,
+    None for one killed after waiting ``timeout`` seconds for it."""
+
+    def finish(process: Any) -> int | None:
+        try:
+            return process.wait() if timeout is None else process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return None
+
+    running = []
+    for process in processes:
+        running.append(process)
         if len(running) == width:
-            yield running.pop(0).wait()
+            yield finish(running.pop(0))
     for process in running:
-        yield process.wait()
+        yield finish(process)
+
+
+class _Fork(multiprocessing.context.ForkProcess):
+    """A fork of this process running ``<module>.run_case(spec)`` into ``out``, its output into ``log``
+    (``args``: the four), with the ``wait`` of ``subprocess.Popen`` (and ``kill``) for :func:`_at_most`."""
+
+    def run(self) -> None:
+        module, spec, out, log = self._args  # type: ignore[attr-defined]
+        with open(log, "w") as stream:
+            os.dup2(stream.fileno(), 1)
+            os.dup2(stream.fileno(), 2)
+            write_json(out, importlib.import_module(module).run_case(spec))
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.join(timeout)
+        if self.exitcode is None:
+            raise subprocess.TimeoutExpired("fork", timeout or 0)
+        return self.exitcode
+
+
+def run_cases(
+    module: str,
+    specs: dict[str, dict[str, Any]],
+    work: Path,
+    env: dict[str, str] | None = None,
+    width: int = 1,
+    timeout: float | None = None,
+    fork: bool = False,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each case of ``specs`` (name -> JSON spec) in a process of its own, at most ``width`` at a time:
+    ``python -m <module> --run-case SPEC --out work/<name>.json`` with ``env`` added to this environment, or
+    (``fork``, ``env`` unused) a fork of this process calling ``<module>.run_case`` (its ``ru_maxrss`` starts
+    afresh, and no second import of Lightning: on a small case it takes longer than the case). Output in
+    ``work/<name>.log``. Yields each name and record, in order; a case that exits non-zero or runs past
+    ``timeout`` seconds: ``{"error": ..., "traceback_tail": its log's end}``."""
+    stems = {name: work / name.replace("/", "_") for name in specs}
+
+    def start(name: str) -> Any:
+        out, log = stems[name].with_suffix(".json"), stems[name].with_suffix(".log")
+        if fork:
+            (process := _Fork(args=(module, specs[name], out, log))).start()
+            return process
+        command = [sys.executable, "-m", module, "--out", str(out), "--run-case", json.dumps(specs[name])]
+        with open(log, "w") as stream:
+            environ = {**os.environ, **(env or {})}
+            return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=stream, stderr=subprocess.STDOUT)
+
+    for (name, stem), status in zip(stems.items(), _at_most(map(start, specs), width, timeout), strict=True):
+        if status == 0 and stem.with_suffix(".json").is_file():
+            yield name, json.loads(stem.with_suffix(".json").read_text())
+            continue
+        log = stem.with_suffix(".log")
+        error = f"timed out after {timeout} s" if status is None else f"exit status {status}"
+        yield name, {"error": error, "traceback_tail": log.read_text()[-3000:] if log.is_file() else ""}
+
+
+def cli(
+    doc: str, argv: list[str] | None, run_case: Callable, **more: dict[str, Any]
+) -> argparse.Namespace | None:
+    """The cost benchmarks' command line: ``--out``, ``--quick``, ``--device`` (default: cuda if there is one,
+    asked of NVML so that no CUDA context is forked), ``--work-dir``, ``--run-case``, and ``more`` (flag ->
+    ``add_argument``'s keywords). None once it has run ``--run-case``'s case into ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="the result file (default: benchmarks/results/<name>.json)")
+    parser.add_argument("--quick", action="store_true", help="the reduced form (a smoke test)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
+    parser.add_argument("--work-dir", type=Path, help="keep each case's JSON and log here (default: temp)")
+    parser.add_argument("--run-case", type=json.loads, help="internal: run one case (a JSON spec) here")
+    for flag, options in more.items():
+        parser.add_argument(flag, **options)
+    args = parser.parse_args(argv)
+    if args.run_case:
+        write_json(args.out, run_case(args.run_case))
+        return None
+    args.device = args.device or ("cuda" if torch.cuda.device_count() > 0 else "cpu")
+    return args
+
+
+@contextlib.contextmanager
+def work_dir(path: Path | None) -> Iterator[Path]:
+    """``path`` (created), or a temporary directory for as long as the ``with`` lasts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (work := path or Path(tmp)).mkdir(parents=True, exist_ok=True)
+        yield work
+
+
+class SyntheticData(pl.LightningDataModule):
+    """Seeded random images in [0, 1] and labels, on ``device``: ``length`` training batches cycling through
+    4 distinct ones, and 2 held-out ones for ``hyper_dataloader``; whole batches (nothing to collate: the
+    figures are the module's, not the loader's or the host-to-device copy's)."""
+
+    def __init__(
+        self, batch: int, length: int, size: int = 32, classes: int = 10, seed: int = 0, device: Any = "cpu"
+    ) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        images = torch.rand(6, batch, 3, size, size, generator=g).to(device)
+        labels = torch.randint(0, classes, (6, batch), generator=g).to(device)
+        batches = list(zip(images, labels, strict=True))
+        self.train, self.hyper = [batches[i % 4] for i in range(length)], batches[4:]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train, batch_size=None)
+
+    def hyper_dataloader(self) -> DataLoader:
+        return DataLoader(self.hyper, batch_size=None)
+
+
+def rss_mb() -> float:
+    """This process's resident set now (Linux: ``/proc/self/statm``, field 1 in pages)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-set high-water mark (``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+class Recorder(pl.Callback):
+    """Times every batch as ``(start, end, hyper step?)`` between synchronisations. Reads the memory at
+    ``on_train_start`` (``setup_rss``; ``setup``: CUDA's allocated memory on a GPU, else the RSS; CUDA's peak
+    statistics reset) and again before batch ``reset_at`` (``before_timed``, CUDA's peak reset). At batch
+    ``first_hyper`` it fingerprints the weights, keeps the policy's first gradient and (``profile``) the
+    hyper step's ``madao/`` ``torch.profiler`` ranges."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        reset_at: int | None = None,
+        first_hyper: int | None = None,
+        profile: bool = False,
+    ) -> None:
+        self.device, self.reset_at, self.first_hyper, self.profile = device, reset_at, first_hyper, profile
+        self.batches: list[tuple[float, float, bool]] = []
+        self.sections: dict[str, dict[str, float]] = {}
+        self.setup_rss = self.setup = self.before_timed = self._start = 0.0
+        self.hypergrad: list[float] | None = None
+        self.fingerprint: float | None = None
+        self._profiler: profile | None = None
+        self._before = 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _memory(self) -> float:
+        return torch.cuda.memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else rss_mb()
+
+    def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
+        self._sync()
+        self.setup_rss, self.setup = rss_mb(), self._memory()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, index: int) -> None:
+        self._sync()
+        self._before = int(module.hyper_steps)
+        if index == self.reset_at:
+            self.before_timed = self._memory()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+        if index == self.first_hyper:
+            self.fingerprint = float(sum(p.detach().double().sum() for p in module.parameters()))
+            if self.profile:
+                cuda = [ProfilerActivity.CUDA] if self.device.type == "cuda" else []
+                self._profiler = profile(activities=[ProfilerActivity.CPU, *cuda])
+                self._profiler.start()
+            self._sync()
+        self._start = time.perf_counter()
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, module: Any, optimizer: Any) -> None:
+        if self.first_hyper is None or self.hypergrad is not None:
+            return
+        policy = {id(p) for p in module.policy.parameters()}
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if params and all(id(p) in policy for p in params):
+            self.hypergrad = torch.cat([p.grad.detach().double().reshape(-1) for p in params]).tolist()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+        self._sync()
+        self.batches.append((self._start, time.perf_counter(), int(module.hyper_steps) > self._before))
+        if self._profiler is not None:
+            self._profiler.stop()
+            for event in self._profiler.key_averages():
+                if event.key.startswith("madao/"):
+                    row = {"seconds": event.cpu_time_total / 1e6, "count": event.count}
+                    if getattr(event, "device_time_total", 0):
+                        row["device_seconds"] = event.device_time_total / 1e6
+                    self.sections[event.key] = row
+            self._profiler = None

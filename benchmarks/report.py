@@ -26,9 +26,11 @@ BENCHMARKS = {
     "hypergrad": ("Signal and noise of one hypergradient on digits", "sources"),
     "levers": ("Memory levers for the hyper step's products", "memory"),
     "gpu": ("GPU cost: time per step and CUDA memory", "cases"),
+    "scaling": ("Memory scaling: MADAO / RandAugment by batch size and width", "cases"),
 }
 """Result file -> (section title, a key only the current layout has)."""
 COMMANDS = {n: f"python -m benchmarks.bench_{n} --out benchmarks/results/{n}.json" for n in BENCHMARKS}
+COMMANDS["scaling"] = "python -m benchmarks.bench_gpu --form scaling --out benchmarks/results/scaling.json"
 RATIO_COLUMNS = {
     "time_vs_randaugment": "time / RA",
     "time_vs_baseline": "time / baseline",
@@ -144,6 +146,7 @@ def cost_table(report: dict[str, Any], cases: list[str]) -> str:
         r, hyper = report["cases"][name], variants.get(name) or {}
         shown = {k: hyper[k] for k in ("neumann_tol", "recompute") if k in hyper}
         shown |= {"classes": hyper["num_classes"]} if hyper.get("num_classes") else {}
+        shown |= {"segmented": True} if hyper.get("segmented") else {}
         rows.append([
             f"`{name}`", " ".join(f"{k}={str(v).lower()}" for k, v in shown.items()),
             fmt(r["time_per_batch_s"], 3), fmt(r["inner_step_s_median"], 3),
@@ -356,29 +359,76 @@ def levers_body(report: dict[str, Any]) -> list[str]:
     steps = [f"fd_{step:g}" for step in s["steps"]]
     columns = [(f"FD, e abs(u) = {k[3:]}", k, ".2e") for k in steps]
     rows = {
-        name: {k: row.get(k) for k in [*steps, "forward_over_reverse"]}
+        name: {k: row.get(k) for k in [*steps, "forward_over_reverse", "segmented"]}
         for name, row in report["errors"].items()
     }
     errors = key_table(
         "Relative error against the exact product (double backward) of a random direction u: central finite "
-        "differences per perturbation norm, and forward-over-reverse (`torch.func.jvp` of `grad`). "
+        "differences per perturbation norm, forward-over-reverse (`torch.func.jvp` of `grad`) and the "
+        "shipped segmented product (`augment.hyper.segmented=true`). "
         "`softplus_float64` is the control network with softplus(beta=20) for ReLU.",
         "network",
         rows,
-        [*columns, ("forward-over-reverse", "forward_over_reverse", ".2e")],
+        [
+            *columns,
+            ("forward-over-reverse", "forward_over_reverse", ".2e"),
+            ("segmented", "segmented", ".2e"),
+        ],
     )
     return memory + errors
 
 
-def gpu_body(report: dict[str, Any]) -> list[str]:
-    """The cases and MADAO / RandAugment ratios of ``bench_gpu`` (its own table), with its notes."""
-    from benchmarks.bench_gpu import table  # imported here: bench_gpu imports the package's run module
+def gpu_table(report: dict[str, Any]) -> str:
+    """bench_gpu's cases (time per step, hyper steps, memory) and MADAO / RandAugment ratios."""
+    unit = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB"
+    rows = [
+        [f"`{name}`", f"error: {row['error'][:80]}", "", "", "", ""]
+        if "error" in row
+        else [f"`{name}`", fmt(row["time_per_step_s"], 4), ", ".join(fmt(t, 3) for t in row["hyper_step_s"])
+              or "—", *(fmt(row[k], 0) for k in ("setup_memory_mb", "peak_mb", "peak_above_setup_mb"))]
+        for name, row in report["cases"].items()
+    ]  # fmt: skip
+    header = ["case", "s / step", "hyper step s", f"set-up {unit}", f"peak {unit}", "above set-up"]
+    ratios = [
+        [f"`{name}`", *(["error", "", ""] if "error" in row else [fmt(v) for v in row.values()])]
+        for name, row in report["ratios"].items()
+    ]
+    header_ratios = ["MADAO / RandAugment", "time per step", "peak", "peak above set-up"]
+    return f"{markdown_table(header, rows)}\n\n{markdown_table(header_ratios, ratios)}"
 
+
+def scaling_table(report: dict[str, Any]) -> str:
+    """Per model and batch of the scaling form: each policy's memory above set-up, MADAO / RandAugment of it,
+    of the whole peak and of the time per step."""
+    rows = []
+    for key, choice in report["settings"]["models"].items():
+        ra, madao = (report["cases"][f"{key}/eager/{augment}"] for augment in ("randaugment", "madao"))
+        ratio = report["ratios"][f"{key}/eager"]
+        rows.append([
+            f"`{choice['model']}`", str(choice["batch"]), fmt(ra.get("parameters", 0) / 1e6, 1),
+            *(fmt(r.get("peak_above_setup_mb"), 0) for r in (ra, madao)),
+            *(fmt(ratio.get(k)) for k in ("peak_above_setup", "peak", "time_per_step")),
+        ])  # fmt: skip
+    unit = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB"
+    header = ["model", "batch", "M params", f"RA above set-up {unit}", f"MADAO above set-up {unit}"]
+    return markdown_table([*header, "above set-up ratio", "peak ratio", "time ratio"], rows)
+
+
+def gpu_body(report: dict[str, Any]) -> list[str]:
+    """The cases and MADAO / RandAugment ratios of ``bench_gpu`` (its scaling form: :func:`scaling_table`
+    first), with its notes."""
     device = report["device_name"] or report["device"]
     notes = [f"Device: {device}; {report['form']} form.", f"bf16: {report['bf16']}."]
     if report.get("note"):
         notes.append(f"**{report['note']}**")
-    return [" ".join(notes), "", table(report), ""]
+    s, out = report["settings"], [" ".join(notes), ""]
+    if report["form"] == "scaling":
+        out += [
+            f"MADAO (default hyper settings) / RandAugment (RA), s = {s['inner_steps']}, "
+            f"{s['warmup_cycles']} warm-up and {s['cycles']} timed cycle(s); above set-up: the peak minus "
+            "the memory at `on_train_start`.", "", scaling_table(report), "", "Every case:", "",
+        ]  # fmt: skip
+    return [*out, gpu_table(report), ""]
 
 
 def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) -> str:
@@ -390,6 +440,7 @@ def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) ->
         "hypergrad": hypergrad_body,
         "levers": levers_body,
         "gpu": gpu_body,
+        "scaling": gpu_body,
     }
     files = [[f"`results/{name}.json`", name, f"`{command}`"] for name, command in COMMANDS.items()]
     lines = [

@@ -1,10 +1,11 @@
 """Run the benchmarks, each in its own process (a failure stops none of the others), then the READMEs.
 
-``make bench`` (about an hour on 2 CPU cores): every benchmark into ``benchmarks/results/``, both READMEs.
+``make bench`` (about 75 minutes on 2 CPU cores): every benchmark into ``benchmarks/results/``, both READMEs.
 ``--quick`` (``make bench-quick``): the cost benchmark's quick mode into ``outputs/bench/quick/`` with its own
 README, so quick numbers never replace the published ones. Logs: ``outputs/bench/logs/<name>.log``.
 
-Run: ``python -m benchmarks.run_all [--quick] [--only policy cost accuracy hypergrad] [--no-report]``.
+Run: ``python -m benchmarks.run_all [--quick] [--only policy cost ... scaling] [--no-report]`` (the names:
+:data:`benchmarks.report.BENCHMARKS`; each runs :data:`benchmarks.report.COMMANDS`' command).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT
-from benchmarks.report import BENCHMARKS
+from benchmarks.report import BENCHMARKS, COMMANDS
 
 QUICK = "outputs/bench/quick"
 
@@ -32,10 +33,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
             "cost": cost,
             "report": [*report, "--results", QUICK, "--out", f"{QUICK}/README.md", "--no-top-readme"],
         }
-    todo = {
-        n: [*python, f"benchmarks.bench_{n}", "--out", f"benchmarks/results/{n}.json"] for n in BENCHMARKS
-    }
-    return {**todo, "report": report}
+    return {**{n: [*python, *c.split()[2:]] for n, c in COMMANDS.items()}, "report": report}
 
 
 def main(argv: list[str] | None = None) -> int:

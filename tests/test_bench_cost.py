@@ -79,8 +79,8 @@ def test_quick_cost_benchmark_end_to_end(tmp_path: Path) -> None:
         cost["profiles"]["plain"]["sections_s"]["madao/hvp"]["count"] == 5
     )  # profiled apart from the timing
     assert cost["settings"]["variants"]["fast_class100"]["num_classes"] == 100
-    assert set(cost["hypergrad_vs_plain"]) == {"fast", "fast_recompute"}  # class policies: more values
-    for variant in ("fast", "fast_recompute"):
+    assert set(cost["hypergrad_vs_plain"]) == {"fast", "fast_recompute", "fast_segmented"}  # class: more
+    for variant in ("fast", "fast_recompute", "fast_segmented"):
         compare = cost["hypergrad_vs_plain"][variant]
         assert compare["same_state"] is True and compare["rel_diff"] < 1e-3 and compare["cosine"] > 0.999
     (tmp_path / "cost.json").rename(tmp_path / "work" / "cost.json")

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import torch
-from benchmarks import bench_gpu
+from benchmarks import bench_gpu, report
 
 
 def test_cpu_reduced_form_end_to_end(tmp_path: Path) -> None:
@@ -36,3 +36,34 @@ def test_cpu_reduced_form_end_to_end(tmp_path: Path) -> None:
     for name, row in report["ratios"].items():
         assert set(row) == set(bench_gpu.RATIO_KEYS), (name, row)
         assert all(math.isfinite(v) and v > 0 for v in row.values()), (name, row)
+
+
+def test_scaling_form_cases_ratios_and_table(tmp_path: Path) -> None:
+    """``--form scaling``: its cases (WRN-28-2 at three batches, WRN-28-10 at 32), and the README's table
+    built from made-up records with known ratios (the form itself takes minutes)."""
+    settings = bench_gpu.FORMS["scaling"] | bench_gpu.CPU_SCALING
+    specs = bench_gpu.case_specs("scaling", settings, "cpu", 1, tmp_path)
+    assert [(s["model"], s["batch"]) for s in specs.values()][::2] == [
+        ("wrn28_2", 64), ("wrn28_2", 128), ("wrn28_2", 256), ("wrn28_10", 32)
+    ]  # fmt: skip
+    assert {(s["inner_steps"], s["warmup_cycles"], s["cycles"]) for s in specs.values()} == {(3, 0, 1)}
+    cases = {
+        name: {**{k: spec[k] for k in bench_gpu.KEYS}, "parameters": 1_500_000, "hyper_step_s": [],
+               "time_per_step_s": 1.0 + (spec["augment"] == "madao"), "setup_memory_mb": 500.0,
+               "peak_mb": 600.0 + 100 * (spec["augment"] == "madao") * spec["batch"] / 64,
+               "peak_above_setup_mb": 100.0 + 100 * (spec["augment"] == "madao") * spec["batch"] / 64}
+        for name, spec in specs.items()
+    }  # fmt: skip
+    failed = "wrn28_10_b32/eager/madao"  # a failed case keeps the keys of its spec
+    cases[failed] = {**{k: specs[failed][k] for k in bench_gpu.KEYS}, "error": "timed out after 1800 s"}
+    gpu = {"device": "cpu", "device_name": None, "form": "scaling", "note": None, "bf16": bench_gpu.BF16}
+    gpu |= {"settings": {**settings, "models": bench_gpu.MODELS["scaling"]}, "cases": cases}
+    gpu["ratios"] = bench_gpu.ratios(cases, "scaling")
+    assert gpu["ratios"]["wrn28_2_b256/eager"]["peak_above_setup"] == 5.0
+    assert "error" in gpu["ratios"]["wrn28_10_b32/eager"]
+    table = report.scaling_table(gpu)
+    assert "| `wrn28_2` | 128 | 1.5 | 100 | 300 | 3.00 | 1.33 | 2.00 |" in table
+    assert "| `wrn28_10` | 32 | 1.5 | 100 | — | — | — | — |" in table
+    gpu |= {"date": "2026-01-01", "command": "python -m benchmarks.bench_gpu --form scaling"}
+    (tmp_path / "scaling.json").write_text(json.dumps({**gpu, "machine": {"cpu_count": 2}}))
+    assert table in report.build_readme(tmp_path, tmp_path)

@@ -30,6 +30,7 @@ def test_products_agree_with_the_double_backward_on_a_smooth_network() -> None:
     assert bench_levers.relative(bench_levers.finite_difference(net, loss, u, 1e-4), exact) < 1e-6
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before, strict=True))
     assert bench_levers.relative(bench_levers.forward_over_reverse(net, images, labels, u), exact) < 1e-10
+    assert bench_levers.relative(bench_levers.segmented(net, images, labels, u), exact) < 1e-10
     wrong = [2 * t for t in exact]  # the oracle distinguishes a factor of two
     assert bench_levers.relative(wrong, exact) == 1.0
 
@@ -38,8 +39,8 @@ def test_report_renders_the_levers_tables() -> None:
     fake = {
         "settings": {"model": "WRN", "batch": 2, "image_size": 8, "memory_env": {"A": "1"}, "steps": [0.1]},
         "memory": {"training_step": {"peak_above_setup_mb": 10.0, "vs_training_step": 1.0, "seconds": 0.5}},
-        "errors": {"relu_float32": {"fd_0.1": 14.3, "forward_over_reverse": 1.5e-6}},
+        "errors": {"relu_float32": {"fd_0.1": 14.3, "forward_over_reverse": 1.5e-6, "segmented": 2e-7}},
     }
     text = "\n".join(report.levers_body(fake))
     assert "| `training_step` | 10 | 1.00 | 0.50 |" in text
-    assert "| `relu_float32` | 1.43e+01 | 1.50e-06 |" in text
+    assert "| `relu_float32` | 1.43e+01 | 1.50e-06 | 2.00e-07 |" in text

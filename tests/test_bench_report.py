@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmarks import bench_accuracy, bench_cost, report, run_all
+from benchmarks import bench_accuracy, bench_cost, common, report, run_all
 
 from tests.test_summarize import write_run
 
@@ -59,7 +59,7 @@ def synthetic_cost_report() -> dict:
         "threads": 1,
         "cycles": 1,
         "warmup_batches": {"fast": 30},
-        "live_memory_env": bench_cost.LIVE_MEMORY_ENV,
+        "live_memory_env": common.LIVE_MEMORY_ENV,
         "probe_inner_steps": 2,
     }
     meta = {
@@ -99,7 +99,7 @@ def test_cost_ratios_and_hypergradient_comparison() -> None:
 def test_cost_section_and_top_readme_between_the_markers(tmp_path: Path) -> None:
     (tmp_path / "cost.json").write_text(json.dumps(synthetic_cost_report()))
     text = report.build_readme(tmp_path, tmp_path)
-    assert text.count("Not run yet") == 5  # policy, accuracy, hypergrad, levers and gpu
+    assert text.count("Not run yet") == 6  # policy, accuracy, hypergrad, levers, gpu and scaling
     assert "Measured 2026-01-01 on 2 CPU cores (x86_64)" in text
     assert "by `python -m benchmarks.bench_cost --out x.json`" in text
     row = "| `fast` | neumann_tol=0.0001 recompute=false | 0.720 | 0.500 | 4.000 | 1.0 | 1000 |"
@@ -127,10 +127,10 @@ def test_cost_section_and_top_readme_between_the_markers(tmp_path: Path) -> None
 
 
 def test_results_missing_or_in_an_older_layout_are_not_run(tmp_path: Path) -> None:
-    assert report.build_readme(tmp_path, tmp_path).count("Not run yet") == len(report.BENCHMARKS) == 6
+    assert report.build_readme(tmp_path, tmp_path).count("Not run yet") == len(report.BENCHMARKS) == 7
     for name in report.BENCHMARKS:
         (tmp_path / f"{name}.json").write_text(json.dumps({"machine": {}, "time_s": {}, "methods": {}}))
-    assert report.build_readme(tmp_path, tmp_path).count("Not run yet (in this layout)") == 6
+    assert report.build_readme(tmp_path, tmp_path).count("Not run yet (in this layout)") == 7
     assert report.top_readme_summary(tmp_path).startswith("No accuracy results yet")
 
 
@@ -239,7 +239,14 @@ def test_run_all_runs_every_benchmark_and_reports_failures(
 
 def test_run_all_commands_point_at_the_result_files() -> None:
     full = run_all.commands(quick=False)
-    assert list(full) == ["policy", "cost", "accuracy", "hypergrad", "levers", "gpu", "report"]
+    assert list(full) == ["policy", "cost", "accuracy", "hypergrad", "levers", "gpu", "scaling", "report"]
+    assert full["scaling"][-5:] == [
+        "benchmarks.bench_gpu",
+        "--form",
+        "scaling",
+        "--out",
+        "benchmarks/results/scaling.json",
+    ]
     assert full["accuracy"][-3:] == ["benchmarks.bench_accuracy", "--out", "benchmarks/results/accuracy.json"]
     quick = run_all.commands(quick=True)
     assert list(quick) == ["cost", "report"] and quick["cost"][-3:] == [

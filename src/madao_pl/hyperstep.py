@@ -19,6 +19,13 @@ generator states at the end (same draws, checked bit for bit, generators put bac
 less memory, more time (``benchmarks/README.md`` has the figures). The network's own randomness (dropout)
 is not replayed: use dropout 0 with it.
 
+``segmented=True`` keeps no second-order graph either: the first-order gradient is an ordinary backward, and
+each product is taken one network segment at a time by :class:`madao_pl.segmented.SegmentedProducts`
+(forward-over-reverse from the kept segment boundaries), so the peak is about a training step's. It needs
+``f`` to be the cross-entropy of the network's logits and a network that says how it splits
+(:func:`madao_pl.models.network_segments`); the first product checks that its loss is the hyper step's.
+Exact up to rounding; slower per product.
+
 Randomness: the policy draws from ``generator`` (default ``policy.generator``, else torch's global
 generator) and Cutout from torch's global generator, in the order of :func:`augment_batch`, once.
 Timing: the sections are ``torch.profiler.record_function`` ranges (``madao/augment``,
@@ -52,6 +59,8 @@ from madao_pl.hypergrad import (
     neumann,
     second_order_vjp,
 )
+from madao_pl.models import network_segments
+from madao_pl.segmented import SegmentedProducts
 
 __all__ = [
     "METHODS",
@@ -112,6 +121,8 @@ class HyperStepConfig:
             one rewards turning it toward ``x``. Same cost. Off: the paper's hypergradient.
         max_exact_params: ``method="exact"`` refuses networks with more parameter elements, >= 1.
         recompute: rebuild the double-backward graph per product instead of keeping it (see the module doc).
+        segmented: take each product one network segment at a time, keeping no second-order graph (see the
+            module doc); not with ``recompute``.
     """
 
     method: str = "neumann"
@@ -126,6 +137,7 @@ class HyperStepConfig:
     direction_only: bool = False
     max_exact_params: int = 5000
     recompute: bool = False
+    segmented: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -142,9 +154,11 @@ class HyperStepConfig:
         _number("cg_tol", self.cg_tol, lambda v: v >= 0, "a number >= 0")
         _number("damping", self.damping, lambda v: v >= 0, "a number >= 0 (0 = no damping)")
         check_integer("max_exact_params", self.max_exact_params, 1)
-        for name in ("direction_only", "recompute"):
+        for name in ("direction_only", "recompute", "segmented"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.recompute and self.segmented:
+            raise ValueError("recompute and segmented are two ways to save memory: set at most one of them")
 
     def solver(self) -> Solver:
         """The :mod:`madao_pl.hypergrad` solver these settings name, ``(hvp, v) -> (x, info)``."""
@@ -324,9 +338,18 @@ def hyper_step(
             return value, torch.autograd.grad(value, params, create_graph=create_graph, allow_unused=True)
 
     with record_function("madao/train_gradient"):
-        train_loss, grads = train_gradient(create_graph=not config.recompute)
+        train_loss, grads = train_gradient(create_graph=not (config.recompute or config.segmented))
     network_grads = _detached(grads, params)
-    if config.recompute:
+    if config.segmented:
+        del grads
+        segmented = _segmented_products(net, params, inputs, labels)
+
+        def hvp(u: Vector) -> Vector:
+            return segmented(u)[0]
+
+        def input_vjp(u: Vector) -> Vector:
+            return (segmented(u)[1],)
+    elif config.recompute:
         del grads
 
         def hvp(u: Vector) -> Vector:
@@ -361,6 +384,8 @@ def hyper_step(
             product = _ranged(hvp if config.damping == 0 else _damped(hvp, config.damping))
             mixed = _direction_only(mixed_vjp, network_grads) if config.direction_only else mixed_vjp
             hypergrad, info = implicit_hypergradient(product, mixed, val_grads, config.solver())
+        if config.segmented:
+            _check_same_loss(segmented.loss_value, train_loss)
         penalty = policy.penalty()  # part of the outer objective: its gradient is direct
         if penalty is not None:
             direct = torch.autograd.grad(penalty, hparams, allow_unused=True)
@@ -368,6 +393,30 @@ def hyper_step(
     return HyperStepResult(
         hypergrad, network_grads, train_loss.detach(), held_out_loss.detach(), info, inputs.detach()
     )
+
+
+def _segmented_products(
+    net: nn.Module, params: list[nn.Parameter], inputs: Tensor, labels: Tensor | None
+) -> SegmentedProducts:
+    if labels is None:
+        raise ValueError(
+            "segmented products take f = the cross-entropy of the network's logits, and this task's f has "
+            "no labels (the self-supervised loss): set segmented=False"
+        )
+    return SegmentedProducts(network_segments(net), params, inputs, labels)
+
+
+def _check_same_loss(segmented: Tensor | None, train_loss: Tensor) -> None:
+    """``ValueError`` unless the segmented products differentiated the hyper step's own ``f``."""
+    train_loss = train_loss.detach()
+    if segmented is not None and not torch.allclose(segmented, train_loss, rtol=1e-4, atol=1e-6):
+        raise ValueError(
+            f"segmented products: the network's segments and the cross-entropy give f = "
+            f"{float(segmented):.6g} but the hyper step's loss is {float(train_loss):.6g}, so they "
+            "differentiate another function; "
+            "segmented=True needs f to be the cross-entropy of the logits, segments() that compose to the "
+            "network's forward, and no dropout: fix those or set segmented=False"
+        )
 
 
 def _direction_only(mixed_vjp: Callable[[Vector], Vector], gradient: Vector) -> Callable[[Vector], Vector]:

@@ -2,7 +2,8 @@
 
 `log_to_every_logger` sends a row straight to each logger's ``log_metrics`` at the step they plot against
 (`logger_step`): hyper steps come every ``inner_steps`` batches, and Lightning's ``self.log`` would keep
-only those that fall on a ``log_every_n_steps`` boundary.
+only those that fall on a ``log_every_n_steps`` boundary. `log_hyper_step` is the row of one hyper step
+(and the warning when its policy step was skipped).
 
 Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts, and rewrites the file
 with only the columns its own process has seen when new ones appear. Both lose work here: a run
@@ -14,12 +15,18 @@ phase wrote. `CSVLogger` keeps the file and merges the header instead.
 from __future__ import annotations
 
 import csv
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from madao_pl.hyperstep import HyperStepResult
 
 
 def logger_step(trainer: pl.Trainer) -> int:
@@ -33,6 +40,41 @@ def log_to_every_logger(trainer: pl.Trainer, metrics: dict[str, Any]) -> None:
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=logger_step(trainer))
+
+
+def log_hyper_step(
+    trainer: pl.Trainer,
+    result: HyperStepResult,
+    hypergrad: Tensor,
+    *,
+    finite: bool,
+    policy: nn.Module,
+    hyper_steps: int,
+    skipped: int,
+) -> None:
+    """The ``hyper/*`` row (and ``policy/entropy``, if the policy has one) of hyper step ``hyper_steps`` to
+    every logger; when its (rank-averaged, flat) ``hypergrad`` was not ``finite``, so that the policy step
+    was skipped (``skipped`` so far, this one included), a RuntimeWarning at the module's training step."""
+    if not finite:
+        warnings.warn(
+            f"non-finite hypergradient at hyper step {hyper_steps} (global step "
+            f"{trainer.global_step}): policy step skipped ({skipped} skipped so far)",
+            RuntimeWarning,
+            stacklevel=3,  # MADAOModule.training_step, the caller of the module's _hyper_step
+        )
+    metrics = {
+        "hyper_step": float(hyper_steps),
+        "hyper/val_loss": float(result.val_loss),
+        "hyper/grad_norm": float(hypergrad.norm()) if finite else float("nan"),
+        "hyper/hvps": float(result.info.hvps),
+        "hyper/skipped": float(skipped),
+        "hyper/steps": float(hyper_steps),
+    }
+    if result.info.alpha is not None:
+        metrics["hyper/neumann_alpha"] = result.info.alpha
+    if hasattr(policy, "entropy"):
+        metrics["policy/entropy"] = float(policy.entropy().detach())
+    log_to_every_logger(trainer, metrics)  # every hyper step, whatever log_every_n_steps is
 
 
 class AppendingExperimentWriter(ExperimentWriter):

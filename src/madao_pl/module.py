@@ -10,21 +10,20 @@ differ only in the policy. Another task changes three methods, ``views`` (what t
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
-from torchmetrics.classification import MulticlassAccuracy
 
 from madao_pl.augment import Policy, cutout
 from madao_pl.data.stream import BatchStream, RecentBatches, hyper_dataloader
-from madao_pl.distributed import broadcast_, mean_over_ranks, set_grads
+from madao_pl.distributed import mean_over_ranks, set_grads
+from madao_pl.evaluation import ClassifierEvaluation
+from madao_pl.fit_state import checkpoint_entry, restore_checkpoint_entry, start_policy
 from madao_pl.hyperstep import (
     HyperStepConfig,
     augment_batch,
@@ -33,8 +32,8 @@ from madao_pl.hyperstep import (
     hyper_step,
     trainable_parameters,
 )
-from madao_pl.loggers import log_to_every_logger
-from madao_pl.rng import get_rng_states, rank_generator, set_rng_states
+from madao_pl.loggers import log_hyper_step
+from madao_pl.models import network_segments
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -48,13 +47,14 @@ def _step(optimizer: torch.optim.Optimizer, module: nn.Module, flat_grad: Tensor
     optimizer.step()
 
 
-class MADAOModule(pl.LightningModule):
+class MADAOModule(ClassifierEvaluation):
     """Image classifier trained with a (learned or fixed) on-device augmentation policy.
 
     Each training step is one SGD step of ``net`` on the augmented batch. With a learnable policy, outside
     warm-up (``warmup_active``, set by `madao_pl.callbacks.WarmupCallback`), every ``inner_steps``-th step
     is a hyper step (`madao_pl.hyperstep.hyper_step`): the policy steps along the hypergradient and the
-    network along that step's ``df/dtheta``. Counters are buffers, so checkpoints carry them.
+    network along that step's ``df/dtheta``. Counters are buffers, so checkpoints carry them. Validation and
+    test are `madao_pl.evaluation.ClassifierEvaluation`'s (``val/loss``, ``val/error``, ``test/error``).
 
     Args:
         net: the classifier; normalised ``(B, 3, H, W)`` images -> logits.
@@ -88,13 +88,10 @@ class MADAOModule(pl.LightningModule):
         hyper: HyperStepConfig | None = None,
         hyper_train_batches: int = 1,
     ) -> None:
-        super().__init__()
-        for name, value, low in (
-            ("inner_steps", inner_steps, 1),
-            ("cutout", cutout, 0),
-            ("hyper_train_batches", hyper_train_batches, 1),
-        ):
-            check_integer(name, value, low)
+        super().__init__(num_classes)
+        check_integer("inner_steps", inner_steps, 1)
+        check_integer("cutout", cutout, 0)
+        check_integer("hyper_train_batches", hyper_train_batches, 1)
         check_network(net)
         self.automatic_optimization = False
         self.net, self.policy = net, policy
@@ -102,12 +99,12 @@ class MADAOModule(pl.LightningModule):
         self.policy_optimizer_factory = policy_optimizer or partial(torch.optim.RMSprop, lr=1e-2)
         self.cutout_size, self.inner_steps = cutout, inner_steps
         self.hyper = hyper if hyper is not None else HyperStepConfig()
+        if self.hyper.segmented:
+            self._check_segmented()
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
         for name in COUNTERS:
             self.register_buffer(name, torch.zeros((), dtype=torch.long))
-        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.warmup_active = False
         self.hyper_batches = BatchStream(self._hyper_loader)  # a method, not a lambda: ddp_spawn pickles it
         self.recent_batches = RecentBatches(hyper_train_batches - 1)
@@ -189,7 +186,8 @@ class MADAOModule(pl.LightningModule):
         return F.cross_entropy(self.net(inputs), labels)
 
     def _hyper_step(self, images: Tensor, labels: Tensor) -> Tensor:
-        """The s-th step: hyper step, then both optimiser steps with rank-averaged gradients."""
+        """The s-th step: hyper step, then both optimiser steps with rank-averaged gradients (a non-finite
+        hypergradient skips the policy's: counted, warned and logged)."""
         batch = self.views(*self.recent_batches.join(images, labels))
         val_batch = self.views(*(t.to(self.device, non_blocking=True) for t in self.hyper_batches.next()))
         result = hyper_step(
@@ -207,26 +205,20 @@ class MADAOModule(pl.LightningModule):
         self.total_hvps += result.info.hvps
         if not finite:
             self.skipped_hyper_steps += 1
-            warnings.warn(
-                f"non-finite hypergradient at hyper step {int(self.hyper_steps)} (global step "
-                f"{self.global_step}): policy step skipped ({int(self.skipped_hyper_steps)} skipped so far)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        metrics = {
-            "hyper_step": float(self.hyper_steps),
-            "hyper/val_loss": float(result.val_loss),
-            "hyper/grad_norm": float(hypergrad.norm()) if finite else float("nan"),
-            "hyper/hvps": float(result.info.hvps),
-            "hyper/skipped": float(self.skipped_hyper_steps),
-            "hyper/steps": float(self.hyper_steps),
-        }
-        if result.info.alpha is not None:
-            metrics["hyper/neumann_alpha"] = result.info.alpha
-        if hasattr(self.policy, "entropy"):
-            metrics["policy/entropy"] = float(self.policy.entropy().detach())
-        log_to_every_logger(self.trainer, metrics)  # every hyper step, whatever log_every_n_steps is
+        log_hyper_step(
+            self.trainer, result, hypergrad, finite=finite, policy=self.policy,
+            hyper_steps=int(self.hyper_steps), skipped=int(self.skipped_hyper_steps),
+        )  # fmt: skip
         return result.train_loss
+
+    def _check_segmented(self) -> None:
+        """Refuse segmented products at build time, not at the first hyper step after the warm-up."""
+        if type(self).training_loss is not MADAOModule.training_loss:
+            raise ValueError(
+                f"segmented products take f = the cross-entropy of the network's logits, and "
+                f"{type(self).__name__} trains another loss: set segmented=False"
+            )
+        network_segments(self.net)  # a network that does not say how it splits gets a ValueError
 
     def _hyper_loader(self) -> Iterable[Any]:
         return hyper_dataloader(self._trainer)
@@ -245,38 +237,14 @@ class MADAOModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         """Check the held-out loader exists (not only after the warm-up), then start every rank from rank
-        0's policy, each with its own augmentation draws."""
+        0's policy, each with its own augmentation draws (`madao_pl.fit_state.start_policy`)."""
         if self.learns_policy:
             hyper_dataloader(self._trainer)
-        names = getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
-        if (
-            getattr(self.policy, "num_classes", 0)
-            and names is not None
-            and len(names) == self.policy.num_classes
-        ):
-            self.policy.class_names = list(names)  # a class-conditional policy's names, for policy.json
         self._steps_since_warmup = int(self.inner_step)
-        broadcast_([*self.policy.parameters(), *self.policy.buffers()])
-        if self.policy.generator is None:
-            self.policy.generator = rank_generator(self.device, self.global_rank, self._generator_state)
-
-    # ------------------------------------------------------------------ evaluation
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        images, labels = batch
-        logits = self(images)
-        self.val_accuracy.update(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=len(labels))
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/error", 1.0 - self.val_accuracy.compute(), prog_bar=True)
-        self.val_accuracy.reset()
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.test_accuracy.update(self(batch[0]), batch[1])
-
-    def on_test_epoch_end(self) -> None:
-        self.log("test/error", 1.0 - self.test_accuracy.compute())
-        self.test_accuracy.reset()
+        start_policy(
+            self.policy, device=self.device, rank=self.global_rank,
+            datamodule=getattr(self._trainer, "datamodule", None), generator_state=self._generator_state,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ optimisers and checkpoints
     def configure_optimizers(self) -> Any:
@@ -289,19 +257,10 @@ class MADAOModule(pl.LightningModule):
         return optimizers, [] if self.scheduler_factory is None else [self.scheduler_factory(net_opt)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Besides the state_dict (network, policy, counters): warm-up phase, held-out stream, RNG states."""
-        generator = self.policy.generator
-        checkpoint["madao"] = {
-            "warmup_active": self.warmup_active,
-            "hyper_batches": self.hyper_batches.state_dict(),
-            "policy_generator_state": generator.get_state() if generator is not None else None,
-            "rng": get_rng_states(),
-        }
+        """Besides the state_dict (network, policy, counters): warm-up phase, held-out stream, RNG states
+        (`madao_pl.fit_state.checkpoint_entry`)."""
+        checkpoint["madao"] = checkpoint_entry(self.warmup_active, self.hyper_batches, self.policy.generator)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("madao", {})
-        self.warmup_active = bool(state.get("warmup_active", False))
-        self.hyper_batches.load_state_dict(state.get("hyper_batches", {}))
-        self._generator_state = state.get("policy_generator_state")
-        if "rng" in state:
-            set_rng_states(state["rng"])
+        entry = checkpoint.get("madao", {})
+        self.warmup_active, self._generator_state = restore_checkpoint_entry(entry, self.hyper_batches)

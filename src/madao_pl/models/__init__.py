@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .resnet import resnet
+from .resnet import network_segments, resnet
 from .small_cnn import SmallCNN
 from .wide_resnet import WideBasicBlock, WideResNet
 
@@ -33,4 +33,12 @@ def build_model(name: str, num_classes: int, image_size: int = 32) -> nn.Module:
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
-__all__ = ["MODEL_NAMES", "SmallCNN", "WideBasicBlock", "WideResNet", "build_model", "resnet"]
+__all__ = [
+    "MODEL_NAMES",
+    "SmallCNN",
+    "WideBasicBlock",
+    "WideResNet",
+    "build_model",
+    "network_segments",
+    "resnet",
+]

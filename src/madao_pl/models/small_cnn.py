@@ -41,4 +41,24 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalised images ``(B, 3, H, W)`` -> logits ``(B, num_classes)``."""
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+        return _classify(self.fc, self.features(x))
+
+    def segments(self) -> list[nn.Module]:
+        """The forward as consecutive modules (each conv block, then the head), for
+        :class:`madao_pl.segmented.SegmentedProducts`."""
+        return [*self.features, _Head(self.fc)]
+
+
+def _classify(fc: nn.Linear, features: Tensor) -> Tensor:
+    return fc(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
+
+class _Head(nn.Module):
+    """The last segment of a :class:`SmallCNN`: global average pooling and its classifier ``fc``."""
+
+    def __init__(self, fc: nn.Linear) -> None:
+        super().__init__()
+        self.fc = fc
+
+    def forward(self, features: Tensor) -> Tensor:
+        return _classify(self.fc, features)

@@ -101,6 +101,26 @@ class WideResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalised images ``(B, 3, H, W)`` -> logits ``(B, num_classes)``."""
-        out = self.block3(self.block2(self.block1(self.conv1(x))))
-        out = F.relu(self.bn(out))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+        return _head(self.bn, self.fc, self.block3(self.block2(self.block1(self.conv1(x)))))
+
+    def segments(self) -> list[nn.Module]:
+        """The forward as consecutive modules (stem, each block, head): what
+        :class:`madao_pl.segmented.SegmentedProducts` checkpoints at."""
+        return [self.conv1, *self.block1, *self.block2, *self.block3, WideResNetHead(self.bn, self.fc)]
+
+
+def _head(bn: nn.BatchNorm2d, fc: nn.Linear, features: Tensor) -> Tensor:
+    return fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(bn(features)), 1), 1))
+
+
+class WideResNetHead(nn.Module):
+    """The last segment of a :class:`WideResNet`: BN-ReLU, global average pooling, the linear classifier
+    (the network's own ``bn`` and ``fc``)."""
+
+    def __init__(self, bn: nn.BatchNorm2d, fc: nn.Linear) -> None:
+        super().__init__()
+        self.bn, self.fc = bn, fc
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``(B, 64k, h, w)`` -> logits ``(B, num_classes)``."""
+        return _head(self.bn, self.fc, features)
