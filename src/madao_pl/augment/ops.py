@@ -36,7 +36,9 @@ magnitude mapped as in the paper:
 
 Clamping to [0, 1] uses :func:`_clamp_unit`, which, unlike ``Tensor.clamp``, keeps the gradient of values
 lying exactly on a bound (black backgrounds, saturated highlights): ``Tensor.clamp`` with scalar bounds
-returns a zero gradient there, which would cut the gradient of many real pixels.
+returns a zero gradient there, which would cut the gradient of many real pixels. When autograd records
+nothing (grad mode off, or no input requires grad) the ops take the cheap path: ``Tensor.clamp``, and no
+straight-through term (``soft - soft.detach()``, 0 in value); the values are the same.
 
 Library use: Equalize calls ``kornia.enhance.equalize`` (PIL's lookup table, exact on 8-bit levels).
 The blends are written out because kornia's versions differ where it matters here: its ``sharpness`` and
@@ -44,7 +46,9 @@ The blends are written out because kornia's versions differ where it matters her
 the bounds), its ``adjust_saturation_with_gray_subtraction`` / ``adjust_contrast_with_mean_subtraction``
 use luma weight 0.299 where torchvision uses 0.2989, and its ``adjust_brightness`` / ``adjust_contrast`` add
 or scale instead of blending. The warps build torchvision's sampling map directly for ``F.affine_grid`` /
-``F.grid_sample``, with one (B, 2, 3) matrix per sample.
+``F.grid_sample``, with one (B, 2, 3) matrix per sample: each geometric op is ``affine_warp(x, M)`` with
+``M`` from its builder in :data:`WARP_MATRICES`, so a policy can warp every sample that chose any of the
+five geometric ops with one :func:`affine_warp` (:func:`madao_pl.augment.stage.apply_stage` does).
 """
 
 from __future__ import annotations
@@ -62,7 +66,9 @@ __all__ = [
     "OPERATIONS",
     "OP_NAMES",
     "SOLARIZE_TEMPERATURE",
+    "WARP_MATRICES",
     "Operation",
+    "affine_warp",
     "auto_contrast",
     "brightness",
     "color",
@@ -73,12 +79,17 @@ __all__ = [
     "invert",
     "posterize",
     "rotate",
+    "rotate_matrix",
     "sharpness",
     "shear_x",
+    "shear_x_matrix",
     "shear_y",
+    "shear_y_matrix",
     "solarize",
     "translate_x",
+    "translate_x_matrix",
     "translate_y",
+    "translate_y_matrix",
 ]
 
 SHEAR_MAX = 0.3
@@ -93,6 +104,9 @@ SOLARIZE_TEMPERATURE = 0.05
 
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
 _TO_UINT8_SCALE = 256.0 - 1e-3  # torchvision's float -> uint8 conversion: floor(x * (255 + 1 - 1e-3))
+
+MatrixBuilder = Callable[[Tensor, Tensor, int, int], Tensor]
+"""``(magnitude (N,), sign (N,), height, width) -> (N, 2, 3)``: a geometric op's sampling matrices."""
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -115,14 +129,28 @@ def _check_inputs(images: Tensor, magnitude: Tensor, sign: Tensor) -> tuple[Tens
                 f"broadcast a shared value with torch.full(({batch},), value)."
             )
     shape = (batch, 1, 1, 1)
-    return (
-        magnitude.to(device=images.device, dtype=images.dtype).view(shape),
-        sign.to(device=images.device, dtype=images.dtype).view(shape),
-    )
+    return _like(magnitude, images).view(shape), _like(sign, images).view(shape)
+
+
+def _like(value: Tensor, images: Tensor) -> Tensor:
+    """``value`` in the images' dtype and on their device (itself when it already is: no dispatch)."""
+    if value.dtype == images.dtype and value.device == images.device:
+        return value
+    return value.to(device=images.device, dtype=images.dtype)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records an op on ``tensors``: grad mode on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _clamp_unit(x: Tensor) -> Tensor:
-    """Clamp to [0, 1]; gradient 1 on [0, 1] inclusive, 0 outside (``Tensor.clamp`` gives 0 on a bound)."""
+    """Clamp to [0, 1]; gradient 1 on [0, 1] inclusive, 0 outside (``Tensor.clamp`` gives 0 on a bound).
+
+    Without a gradient to keep it is ``Tensor.clamp`` (the same values, several times cheaper).
+    """
+    if not _needs_grad(x):
+        return x.clamp(0.0, 1.0)
     return torch.where(x < 0, 0.0, torch.where(x > 1, 1.0, x))
 
 
@@ -149,30 +177,112 @@ def _to_8bit_levels(images: Tensor) -> Tensor:
     return torch.floor(images * _TO_UINT8_SCALE).clamp(0.0, 255.0)
 
 
-def _warp(images: Tensor, inverse: Tensor) -> Tensor:
-    """Resample ``images`` through a centred pixel-space inverse affine map, bilinear, zero padding.
+def affine_warp(images: Tensor, matrices: Tensor) -> Tensor:
+    """Resample ``images`` through per-sample centred pixel-space inverse affine maps: one ``grid_sample``.
 
-    ``inverse`` is (B, 2, 3): output pixel (x, y), measured in pixels from the image centre with y pointing
-    down, samples the input at ``inverse @ (x, y, 1)``. This is the map torchvision builds for ``affine`` and
-    ``rotate`` on tensors; it is rescaled here to ``affine_grid``'s normalised coordinates
-    (``align_corners=False``, as torchvision's tensor kernels use), so both sample the same points.
+    Shapes: images (B, C, H, W), matrices (B, 2, 3) -> (B, C, H, W), in [0, 1]; bilinear, zero padding.
+    Output pixel (x, y), measured in pixels from the image centre with y pointing down, samples the input at
+    ``matrices[n] @ (x, y, 1)``. This is the map torchvision builds for ``affine`` and ``rotate`` on tensors;
+    it is rescaled here to ``affine_grid``'s normalised coordinates (``align_corners=False``, as
+    torchvision's tensor kernels use), so both sample the same points. Each sample is warped independently,
+    so warping a batch that mixes the geometric ops gives each sample what its own op gives it.
     """
     batch, _, height, width = images.shape
+    if not isinstance(matrices, Tensor) or matrices.shape != (batch, 2, 3):
+        got = tuple(matrices.shape) if isinstance(matrices, Tensor) else type(matrices)
+        raise ValueError(f"matrices must have shape (B, 2, 3) = ({batch}, 2, 3), one per image, got {got}")
     if batch == 0:  # affine_grid rejects an empty batch; a policy group may be empty
         return images.clone()
     scale_out = images.new_tensor([width / 2.0, height / 2.0]).view(1, 2, 1)
-    theta = torch.cat([inverse[:, :, :2] * scale_out.transpose(1, 2), inverse[:, :, 2:]], dim=2) / scale_out
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    theta = torch.cat([matrices[:, :, :2] * scale_out.transpose(1, 2), matrices[:, :, 2:]], dim=2) / scale_out
+    if images.device.type == "cpu" and not _needs_grad(theta):
+        grid = _affine_grid(theta, height, width)
+    else:
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return _clamp_unit(warped)
 
 
+def _affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
+    """``F.affine_grid(theta, (N, C, H, W), align_corners=False)`` without its batched matrix product.
+
+    Shapes: theta (N, 2, 3) -> (N, H, W, 2). Each grid entry is ``x t0 + y t1 + t2`` for the pixel's
+    normalised (x, y), computed in that order, as the product computes it on CPU: the same values (a test
+    checks it bit for bit), several times faster, but no gradient to ``theta`` (:func:`affine_warp` calls
+    ``F.affine_grid`` when theta needs one).
+    """
+    batch = theta.shape[0]
+    xs = _normalised_coordinates(width, theta).view(1, 1, 1, width)
+    ys = _normalised_coordinates(height, theta).view(1, 1, height, 1)
+    entries = theta.reshape(batch, 2, 3, 1, 1)
+    grid = (xs * entries[:, :, 0] + ys * entries[:, :, 1]).add_(entries[:, :, 2])  # (N, 2, H, W)
+    return grid.permute(0, 2, 3, 1).contiguous()
+
+
+def _normalised_coordinates(steps: int, like: Tensor) -> Tensor:
+    """The pixel centres' coordinates in [-1, 1] along an axis of ``steps`` pixels, as ``affine_grid`` builds
+    them with ``align_corners=False``: (steps,), 0 for a single pixel."""
+    if steps <= 1:
+        return like.new_zeros(1)
+    return torch.linspace(-1, 1, steps, dtype=like.dtype, device=like.device) * (steps - 1) / steps
+
+
 def _affine_inverse(a: Tensor, b: Tensor, tx: Tensor, c: Tensor, d: Tensor, ty: Tensor) -> Tensor:
     """Stack per-sample (B,) entries into (B, 2, 3) matrices [[a, b, tx], [c, d, ty]]."""
-    return torch.stack([torch.stack([a, b, tx], dim=-1), torch.stack([c, d, ty], dim=-1)], dim=-2)
+    return torch.stack([a, b, tx, c, d, ty], dim=-1).view(-1, 2, 3)
+
+
+def _warp_op(builder: MatrixBuilder, images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
+    """A geometric op: ``affine_warp(images, builder(mu, sign, H, W))``, the arguments checked."""
+    mu, sg = _check_inputs(images, magnitude, sign)
+    return affine_warp(images, builder(mu.flatten(), sg.flatten(), images.shape[-2], images.shape[-1]))
 
 
 # ----------------------------------------------------------------------------------------------- geometric
+# Matrix builders: (magnitude (N,), sign (N,), height, width) -> (N, 2, 3) sampling matrices for affine_warp.
+
+
+def shear_x_matrix(magnitude: Tensor, sign: Tensor, height: int, width: int) -> Tensor:
+    """ShearX's sampling matrix, factor ``s = 0.3 mu sign``: (N,), (N,) -> (N, 2, 3).
+
+    ``[[1, s, s H / 2], [0, 1, 0]]``: about the top-left corner, which lies at ``y = -H/2`` in the centred
+    coordinates of :func:`affine_warp`, hence the offset ``s H / 2``.
+    """
+    s = SHEAR_MAX * magnitude * sign
+    one, zero = torch.ones_like(s), torch.zeros_like(s)
+    return _affine_inverse(one, s, s * (height / 2.0), zero, one, zero)
+
+
+def shear_y_matrix(magnitude: Tensor, sign: Tensor, height: int, width: int) -> Tensor:
+    """ShearY's sampling matrix, ``s = 0.3 mu sign``: ``[[1, 0, 0], [s, 1, s W / 2]]``; (N,) -> (N, 2, 3)."""
+    s = SHEAR_MAX * magnitude * sign
+    one, zero = torch.ones_like(s), torch.zeros_like(s)
+    return _affine_inverse(one, zero, zero, s, one, s * (width / 2.0))
+
+
+def translate_x_matrix(magnitude: Tensor, sign: Tensor, height: int, width: int) -> Tensor:
+    """TranslateX's sampling matrix, ``dx = 0.45 W mu sign``: ``[[1, 0, -dx], [0, 1, 0]]``; (N, 2, 3)."""
+    dx = TRANSLATE_MAX * width * magnitude * sign
+    one, zero = torch.ones_like(dx), torch.zeros_like(dx)
+    return _affine_inverse(one, zero, -dx, zero, one, zero)
+
+
+def translate_y_matrix(magnitude: Tensor, sign: Tensor, height: int, width: int) -> Tensor:
+    """TranslateY's sampling matrix, ``dy = 0.45 H mu sign``: ``[[1, 0, 0], [0, 1, -dy]]``; (N, 2, 3)."""
+    dy = TRANSLATE_MAX * height * magnitude * sign
+    one, zero = torch.ones_like(dy), torch.zeros_like(dy)
+    return _affine_inverse(one, zero, zero, zero, one, -dy)
+
+
+def rotate_matrix(magnitude: Tensor, sign: Tensor, height: int, width: int) -> Tensor:
+    """Rotate's sampling matrix, angle ``a = 30 mu sign`` degrees: ``[[cos, -sin, 0], [sin, cos, 0]]``.
+
+    Counter-clockwise on screen (y down) maps (x, y) to (cos x + sin y, -sin x + cos y); this is its inverse.
+    Shapes: (N,), (N,) -> (N, 2, 3).
+    """
+    angle = torch.deg2rad(ROTATE_MAX_DEGREES * magnitude * sign)
+    cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+    return _affine_inverse(cos, -sin, zero, sin, cos, zero)
 
 
 def shear_x(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
@@ -180,13 +290,9 @@ def shear_x(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
 
     Shapes: images (B, C, H, W), magnitude (B,), sign (B,) -> (B, C, H, W).
     Equals ``F.affine(img, angle=0, translate=[0, 0], scale=1, shear=[degrees(atan(s)), 0], center=[0, 0])``
-    (bilinear), PIL's ``(1, s, 0, 0, 1, 0)``. In the centred coordinates of :func:`_warp` the origin moves
-    to ``y = -H/2``, hence the offset ``s H / 2``.
+    (bilinear), PIL's ``(1, s, 0, 0, 1, 0)``. ``affine_warp(images, shear_x_matrix(...))``.
     """
-    mu, sg = _check_inputs(images, magnitude, sign)
-    s = (SHEAR_MAX * mu * sg).flatten()
-    one, zero = torch.ones_like(s), torch.zeros_like(s)
-    return _warp(images, _affine_inverse(one, s, s * (images.shape[-2] / 2.0), zero, one, zero))
+    return _warp_op(shear_x_matrix, images, magnitude, sign)
 
 
 def shear_y(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
@@ -194,12 +300,9 @@ def shear_y(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
 
     Shapes: images (B, C, H, W), magnitude (B,), sign (B,) -> (B, C, H, W).
     Equals ``F.affine(img, angle=0, translate=[0, 0], scale=1, shear=[0, degrees(atan(s))], center=[0, 0])``
-    (bilinear), PIL's ``(1, 0, 0, s, 1, 0)``.
+    (bilinear), PIL's ``(1, 0, 0, s, 1, 0)``. ``affine_warp(images, shear_y_matrix(...))``.
     """
-    mu, sg = _check_inputs(images, magnitude, sign)
-    s = (SHEAR_MAX * mu * sg).flatten()
-    one, zero = torch.ones_like(s), torch.zeros_like(s)
-    return _warp(images, _affine_inverse(one, zero, zero, s, one, s * (images.shape[-1] / 2.0)))
+    return _warp_op(shear_y_matrix, images, magnitude, sign)
 
 
 def translate_x(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
@@ -208,10 +311,7 @@ def translate_x(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     Shapes: images (B, C, H, W), magnitude (B,), sign (B,) -> (B, C, H, W).
     Equals ``F.affine(img, angle=0, translate=[dx, 0], scale=1, shear=[0, 0])`` (bilinear).
     """
-    mu, sg = _check_inputs(images, magnitude, sign)
-    dx = (TRANSLATE_MAX * images.shape[-1] * mu * sg).flatten()
-    one, zero = torch.ones_like(dx), torch.zeros_like(dx)
-    return _warp(images, _affine_inverse(one, zero, -dx, zero, one, zero))
+    return _warp_op(translate_x_matrix, images, magnitude, sign)
 
 
 def translate_y(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
@@ -220,10 +320,7 @@ def translate_y(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     Shapes: images (B, C, H, W), magnitude (B,), sign (B,) -> (B, C, H, W).
     Equals ``F.affine(img, angle=0, translate=[0, dy], scale=1, shear=[0, 0])`` (bilinear).
     """
-    mu, sg = _check_inputs(images, magnitude, sign)
-    dy = (TRANSLATE_MAX * images.shape[-2] * mu * sg).flatten()
-    one, zero = torch.ones_like(dy), torch.zeros_like(dy)
-    return _warp(images, _affine_inverse(one, zero, zero, zero, one, -dy))
+    return _warp_op(translate_y_matrix, images, magnitude, sign)
 
 
 def rotate(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
@@ -232,11 +329,18 @@ def rotate(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     Shapes: images (B, C, H, W), magnitude (B,), sign (B,) -> (B, C, H, W).
     Equals ``F.rotate(img, angle)`` with bilinear interpolation and zero fill.
     """
-    mu, sg = _check_inputs(images, magnitude, sign)
-    angle = torch.deg2rad(ROTATE_MAX_DEGREES * mu * sg).flatten()
-    cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
-    # Counter-clockwise on screen (y down) maps (x, y) to (cos x + sin y, -sin x + cos y); sample its inverse.
-    return _warp(images, _affine_inverse(cos, -sin, zero, sin, cos, zero))
+    return _warp_op(rotate_matrix, images, magnitude, sign)
+
+
+WARP_MATRICES: dict[str, MatrixBuilder] = {
+    "ShearX": shear_x_matrix,
+    "ShearY": shear_y_matrix,
+    "TranslateX": translate_x_matrix,
+    "TranslateY": translate_y_matrix,
+    "Rotate": rotate_matrix,
+}
+"""Geometric op name -> its :data:`MatrixBuilder`; the op is ``affine_warp(images, builder(mu, sign, H, W))``
+(mu and sign in the images' dtype), so samples of different geometric ops can share one warp."""
 
 
 # ----------------------------------------------------------------------------------------------- colour
@@ -290,6 +394,8 @@ def solarize(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     mu, _ = _check_inputs(images, magnitude, sign)
     threshold = (1.0 - mu) * SOLARIZE_MAX / 255.0
     hard = torch.where(images >= threshold.detach(), 1.0 - images, images)
+    if not _needs_grad(images, mu):  # the straight-through term is 0 in value
+        return _clamp_unit(hard)
     x = images.detach()
     soft = torch.sigmoid((x - threshold) / SOLARIZE_TEMPERATURE) * (1.0 - 2.0 * x)
     return _clamp_unit(hard + (soft - soft.detach()))
@@ -311,6 +417,8 @@ def posterize(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
         step = torch.exp2(dropped)
         kept = torch.floor(_to_8bit_levels(images) / step) * step / 255.0
         hard = torch.where(dropped == 0, images, kept)
+    if not _needs_grad(images, mu):  # the straight-through term is 0 in value
+        return _clamp_unit(hard)
     soft = images - (torch.exp2(POSTERIZE_MAX_BITS * mu) - 1.0) / 510.0
     return _clamp_unit(hard + (soft - soft.detach()))
 
@@ -359,7 +467,13 @@ def sharpness(images: Tensor, magnitude: Tensor, sign: Tensor) -> Tensor:
     kernel = images.new_ones(3, 3)
     kernel[1, 1] = 5.0
     kernel = (kernel / 13.0).expand(channels, 1, 3, 3)
-    smoothed = F.conv2d(images, kernel, groups=channels)
+    if images.dtype == torch.float32 and images.device.type == "cpu":
+        # Channels-last: the same float32 sums on CPU (equal values and gradients; not in float64), several
+        # times faster at 224 px.
+        channels_last = images.contiguous(memory_format=torch.channels_last)
+        smoothed = F.conv2d(channels_last, kernel, groups=channels).contiguous()
+    else:
+        smoothed = F.conv2d(images, kernel, groups=channels)
     inner = images[:, :, 1:-1, 1:-1]
     delta = (1.0 - (1.0 + BLEND_MAX * mu * sg)) * (smoothed - inner)
     return _clamp_unit(images + F.pad(delta, (1, 1, 1, 1)))

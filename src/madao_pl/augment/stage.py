@@ -8,7 +8,8 @@ runs the same routine, :func:`apply_stage`::
     x_n <- scale_n * (b_n * O_{i_n}(x_n; mu_n, s_n) + (1 - b_n) * x_n)
 
 which groups the samples by operation, so each operation runs at most once per stage on exactly the
-samples that chose it (DESIGN.md §4: one op application per image, not all 14).
+samples that chose it (DESIGN.md §4: one op application per image, not all 14); the samples that chose
+any of the five geometric operations share one warp (:func:`madao_pl.augment.ops.affine_warp`).
 
 Randomness: the draws take a :class:`torch.Generator` (``None`` = torch's global generator of the target
 device). Noise is drawn in float32 on the generator's own device and then moved to the target device, so
@@ -17,12 +18,20 @@ a CPU generator gives the same draws whatever device the batch lives on.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from madao_pl.augment.ops import OPERATIONS
+from madao_pl.augment.ops import (
+    OPERATIONS,
+    WARP_MATRICES,
+    MatrixBuilder,
+    Operation,
+    affine_warp,
+    get_operation,
+)
 
 __all__ = [
     "StageSample",
@@ -133,15 +142,20 @@ def apply_stage(
     applied (``z_n = x_n``) then sends no gradient to the selection, whose choice it does not depend on.
 
     The routine every policy uses. Samples are grouped by operation (one sort + one bincount), each
-    operation's ``fn`` is called at most once, on only the samples that chose it (``index_select``), and its
-    result is written into a copy of the batch with ``index_copy_``; there is no per-sample Python loop.
-    The blend is ``torch.lerp(x, O(x), b)``, exact for ``b`` in ``{0, 1}`` and differentiable in ``b``.
-    On a GPU the grouping costs a few host syncs per stage (``nonzero``, the group sizes).
+    operation runs at most once, on only the samples that chose it (``index_select``), and its result is
+    written into a copy of the batch with ``index_copy_``; there is no per-sample Python loop. The samples
+    that chose any of the geometric operations (those of :data:`~madao_pl.augment.ops.WARP_MATRICES`)
+    are warped together: their per-sample matrices are gathered and one
+    :func:`~madao_pl.augment.ops.affine_warp` (one ``grid_sample``) warps them all, with the values and
+    gradients each op gives on its own (an op replaced in ``OPERATIONS`` by another function runs on its
+    own). The blend is ``torch.lerp(x, O(x), b)``, exact for ``b`` in ``{0, 1}`` and differentiable in ``b``.
+    The grouping costs one host sync per stage (one ``tolist`` of the group sizes and flags).
 
     Samples whose weight is exactly 0 skip the operation unless the weight itself needs a gradient
     (grad enabled and ``apply_weight.requires_grad``): their output is then exactly ``x_n`` and no
     gradient can flow through the skipped operation. So hard draws (no-grad steps, fixed policies)
-    cost one operation per *applied* sample.
+    cost one operation per *applied* sample, and a stage that applies nothing copies nothing. A ``scale``
+    that is exactly 1 and needs no gradient is not multiplied in (the same values).
 
     Args:
         images: ``(B, C, H, W)`` float in ``[0, 1]``.
@@ -153,7 +167,7 @@ def apply_stage(
         centered: apply ``scale`` to the change ``z_n - x_n`` instead of the output.
 
     Returns:
-        ``(B, C, H, W)`` augmented images (a new tensor; ``images`` is not modified).
+        ``(B, C, H, W)`` augmented images (``images`` is not modified; returned itself when nothing applies).
     """
     check_images(images)
     batch = images.shape[0]
@@ -174,39 +188,83 @@ def apply_stage(
         return images if scale is None else images * scale.view(-1, 1, 1, 1)
 
     num_ops = len(OPERATIONS)
-    weight_needs_grad = torch.is_grad_enabled() and apply_weight.requires_grad
-    if weight_needs_grad:
-        active = torch.arange(batch, device=images.device)
-    else:
-        active = torch.nonzero(apply_weight != 0).squeeze(1)
-    active_ops = op_index[active]
-    order = torch.argsort(active_ops, stable=True)
-    active = active[order]
-    counts = torch.bincount(active_ops, minlength=num_ops).tolist()
-    if len(counts) > num_ops:
-        raise ValueError(f"apply_stage: op_index has values >= {num_ops}, the number of operations")
+    grad = torch.is_grad_enabled()
+    weight_needs_grad = grad and apply_weight.requires_grad
+    scale_needs_grad = scale is not None and grad and scale.requires_grad
+    # Sort key: 0 for a skipped sample (weight exactly 0, no gradient to it), else 1 + its operation.
+    applied = None if weight_needs_grad else apply_weight != 0
+    key = op_index + 1 if applied is None else torch.where(applied, op_index + 1, 0)
+    false = torch.zeros((), dtype=torch.bool, device=key.device)
+    flags = torch.stack(
+        [
+            (op_index if applied is None else torch.where(applied, op_index, 0)).amin() < 0,
+            # Hard draws (applied weights all exactly 1, no gradient to them): no blend, O(x) is the output.
+            false if applied is None else ((apply_weight == 1) | ~applied).all(),
+            false if scale is None or scale_needs_grad else (scale == 1).all().to(key.device),
+        ]
+    )
+    stats = torch.cat([flags.long(), torch.bincount(key.clamp_min(0), minlength=num_ops + 1)]).tolist()
+    negative, hard, unit_scale, skipped, *counts = stats  # the stage's one host sync
+    if negative or len(counts) > num_ops:
+        bad = "negative values" if negative else f"values >= {num_ops}, the number of operations"
+        raise ValueError(f"apply_stage: op_index has {bad}")
+    if unit_scale:
+        scale = None  # exactly 1 in value and no gradient to carry: out * 1 == out
 
-    # Hard draws (every remaining weight exactly 1, no gradient to it) need no blend: O(x) is the output.
-    hard = not weight_needs_grad and bool((apply_weight[active] == 1).all())
-    dtype = images.dtype
-    magnitudes = magnitude[active].to(dtype)
-    signs = sign[active].to(dtype)
-    weights = apply_weight[active].to(dtype).view(-1, 1, 1, 1)
-    out = images.clone() if active.numel() > 0 else images
+    dtype, (height, width) = images.dtype, images.shape[-2:]
+    if skipped < batch:
+        active = torch.argsort(key, stable=True)[skipped:]  # grouped by operation, then by sample
+        magnitudes, signs = _gather(magnitude, active, dtype), _gather(sign, active, dtype)
+        weights = None if hard else _gather(apply_weight, active, dtype).view(-1, 1, 1, 1)
+        # Each group is gathered and written back on its own: batch-sized temporaries would make the
+        # allocator hand pages back to the system and fault them in again (measured: 10x the page faults).
+        out = torch.empty_like(images) if skipped == 0 else images.clone()  # every row is overwritten
+    else:
+        out = images  # nothing applied: no copy
+    warps: list[tuple[slice, MatrixBuilder]] = []
     start = 0
     for op_id, count in enumerate(counts):
         if count == 0:
             continue
         group = slice(start, start + count)
         start += count
+        builder = _warp_builder(OPERATIONS[op_id])
+        if builder is not None:
+            warps.append((group, builder))
+            continue
         idx = active[group]
         x = images.index_select(0, idx)
         y = OPERATIONS[op_id].fn(x, magnitudes[group], signs[group])
-        out.index_copy_(0, idx, y if hard else torch.lerp(x, y, weights[group]))
+        out.index_copy_(0, idx, y if weights is None else torch.lerp(x, y, weights[group]))
+    if warps:  # every geometric sample, one warp
+        matrices = torch.cat([builder(magnitudes[g], signs[g], height, width) for g, builder in warps])
+        groups = [g for g, _ in warps]
+        contiguous = all(a.stop == b.start for a, b in pairwise(groups))
+        rows = (
+            slice(groups[0].start, groups[-1].stop)
+            if contiguous
+            else torch.cat([torch.arange(g.start, g.stop, device=active.device) for g in groups])
+        )
+        idx = active[rows]
+        x = images.index_select(0, idx)
+        y = affine_warp(x, matrices)
+        out.index_copy_(0, idx, y if weights is None else torch.lerp(x, y, weights[rows]))
     if scale is not None:
         factor = scale.to(dtype).view(-1, 1, 1, 1)
         out = out + (factor - 1) * (out - images) if centered else out * factor
     return out
+
+
+def _gather(values: Tensor, index: Tensor, dtype: torch.dtype) -> Tensor:
+    """``values[index]`` in ``dtype`` (no conversion call when it already is)."""
+    picked = values[index]
+    return picked if picked.dtype == dtype else picked.to(dtype)
+
+
+def _warp_builder(op: Operation) -> MatrixBuilder | None:
+    """The sampling-matrix builder of a geometric operation whose function is the table's own, else None."""
+    builder = WARP_MATRICES.get(op.name)
+    return builder if builder is not None and op.fn is get_operation(op.name).fn else None
 
 
 # ----------------------------------------------------------------------------------------------------------
