@@ -101,19 +101,53 @@ def test_segments_must_hold_every_trainable_parameter():
         SegmentedProducts(network_segments(net)[:-1], params, images, labels)
 
 
+def test_partial_products_and_the_first_order_gradient():
+    """parameters=False / inputs=False give the same products as the full pass; the first call that takes
+    H u keeps df/dtheta, equal to the ordinary gradient (float64)."""
+    net, images, labels, params, u = _problem(_networks()["wrn10_1"])
+    products = SegmentedProducts(network_segments(net), params, images, labels)
+    hvp, none = products(u, inputs=False)
+    assert none is None
+    gradient = torch.autograd.grad(F.cross_entropy(net(images), labels), params)
+    assert _rel(products.gradient, gradient) <= 1e-12
+    full_hvp, full_input = products(u)
+    no_hvp, input_product = products(u, parameters=False)
+    assert no_hvp is None
+    assert _rel(hvp, full_hvp) == 0.0
+    assert _rel([input_product], [full_input]) == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        products(u, parameters=False, inputs=False)
+
+
 @pytest.mark.parametrize("settings", [{}, {"neumann_tol": 1e-4}, {"method": "cg", "cg_iterations": 3}])
 def test_hyper_step_segmented_equals_keeping_the_graph(settings):
     """segmented=True: the same hypergradient, network gradient, losses, products and running statistics
-    as the hyper step that keeps its create_graph graph (BatchNorm net, float64)."""
+    as the hyper step that keeps its create_graph graph (BatchNorm net, float64); the network gradient
+    comes from the products' primal backward there, so it agrees to rounding."""
     net, policy, batches = make_problem(torch.float64)
     kept_net = copy.deepcopy(net)
     kept = run(kept_net, policy, batches, **settings)
     segmented = run(net, policy, batches, segmented=True, **settings)
     assert _rel(segmented.hypergrad, kept.hypergrad) <= 1e-10
     assert segmented.info.hvps == kept.info.hvps > 0
-    assert _rel(segmented.network_grads, kept.network_grads) == 0.0
+    assert _rel(segmented.network_grads, kept.network_grads) <= 1e-12
     assert segmented.train_loss.item() == kept.train_loss.item()
     assert segmented.val_loss.item() == kept.val_loss.item()
+    for got, want in zip(net.buffers(), kept_net.buffers(), strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("settings", [{"neumann_steps": 0}, {"direction_only": True}])
+def test_hyper_step_segmented_without_products_first(settings):
+    """No Hessian product before the mixed one (J = 0), and direction_only (which needs df/dtheta before
+    the solve): the same results as keeping the graph."""
+    net, policy, batches = make_problem(torch.float64)
+    kept_net = copy.deepcopy(net)
+    kept = run(kept_net, policy, batches, **settings)
+    segmented = run(net, policy, batches, segmented=True, **settings)
+    assert _rel(segmented.hypergrad, kept.hypergrad) <= 1e-10
+    assert segmented.info.hvps == kept.info.hvps
+    assert _rel(segmented.network_grads, kept.network_grads) <= 1e-12
     for got, want in zip(net.buffers(), kept_net.buffers(), strict=True):
         assert torch.equal(got, want)
 

@@ -19,11 +19,13 @@ generator states at the end (same draws, checked bit for bit, generators put bac
 less memory, more time (``benchmarks/README.md`` has the figures). The network's own randomness (dropout)
 is not replayed: use dropout 0 with it.
 
-``segmented=True`` keeps no second-order graph either: the first-order gradient is an ordinary backward, and
-each product is taken one network segment at a time by :class:`madao_pl.segmented.SegmentedProducts`
-(forward-over-reverse from the kept segment boundaries), so the peak is about a training step's. It needs
-``f`` to be the cross-entropy of the network's logits and a network that says how it splits
-(:func:`madao_pl.models.network_segments`); the first product checks that its loss is the hyper step's.
+``segmented=True`` keeps no second-order graph either: each product is taken one network segment at a time
+by :class:`madao_pl.segmented.SegmentedProducts` (forward-over-reverse from the kept segment boundaries), so
+the peak is about a training step's. ``f`` itself comes from one ordinary forward without a graph (which also
+updates the BatchNorm running statistics, as an inner step does), and ``df/dtheta`` from the first Hessian
+product's primal backward (an ordinary backward when no product is taken or ``direction_only`` needs it
+first). It needs ``f`` to be the cross-entropy of the network's logits and a network that says how it splits
+(:func:`madao_pl.models.network_segments`); the products' loss is checked against the hyper step's ``f``.
 Exact up to rounding; slower per product.
 
 Randomness: the policy draws from ``generator`` (default ``policy.generator``, else torch's global
@@ -337,18 +339,24 @@ def hyper_step(
             value = loss(inputs, labels)
             return value, torch.autograd.grad(value, params, create_graph=create_graph, allow_unused=True)
 
+    # segmented products also return df/dtheta (their primal backward): then f's forward alone is taken here
+    from_products = config.segmented and bool(hparams) and not config.direction_only
     with record_function("madao/train_gradient"):
-        train_loss, grads = train_gradient(create_graph=not (config.recompute or config.segmented))
-    network_grads = _detached(grads, params)
+        if from_products:
+            with torch.no_grad():
+                train_loss, grads = loss(inputs, labels), ()
+        else:
+            train_loss, grads = train_gradient(create_graph=not (config.recompute or config.segmented))
+    network_grads = _detached(grads, params) if grads else ()
     if config.segmented:
         del grads
         segmented = _segmented_products(net, params, inputs, labels)
 
         def hvp(u: Vector) -> Vector:
-            return segmented(u)[0]
+            return segmented(u, inputs=False)[0]  # type: ignore[return-value]
 
         def input_vjp(u: Vector) -> Vector:
-            return (segmented(u)[1],)
+            return (segmented(u, parameters=False)[1],)  # type: ignore[return-value]
     elif config.recompute:
         del grads
 
@@ -386,6 +394,8 @@ def hyper_step(
             hypergrad, info = implicit_hypergradient(product, mixed, val_grads, config.solver())
         if config.segmented:
             _check_same_loss(segmented.loss_value, train_loss)
+        if from_products:
+            network_grads = tuple(g.detach() for g in segmented.gradient)  # type: ignore[union-attr]
         penalty = policy.penalty()  # part of the outer objective: its gradient is direct
         if penalty is not None:
             direct = torch.autograd.grad(penalty, hparams, allow_unused=True)

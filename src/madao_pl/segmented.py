@@ -14,9 +14,13 @@ forward-over-reverse (Pearlmutter's R-operator), checkpointed at the segment bou
    and freed before the next segment.
 
 ``(H u)_l`` is the tangent of ``df/dtheta_l``, and the tangent ``dd_0`` of ``df/dx`` is
-``d2f/dx dtheta u = d/dx <df/dtheta, u>`` (second derivatives commute): one pass gives both. The peak is the
-boundaries (two tensors per segment) plus one segment's internals, instead of all of them three times.
-It costs about two double backwards of time per product. Exact up to rounding (``tests/test_segmented.py``
+``d2f/dx dtheta u = d/dx <df/dtheta, u>`` (second derivatives commute): one pass gives both, and a pass
+that needs one of them skips the work only the other needs (the input gradient of the first segment; the
+parameter gradients). The primal ``g_l`` of step 3 is ``df/dtheta_l`` itself: the first pass that takes
+``H u`` keeps it (:attr:`SegmentedProducts.gradient`), so the hyper step needs no backward of its own.
+The peak is the boundaries (two tensors per segment) plus one segment's internals, instead of all of them
+three times. BatchNorm's derivatives are taken in closed form (:mod:`madao_pl.batchnorm`; PyTorch traces
+the forward-mode derivative of its backward op by op). Exact up to rounding (``tests/test_segmented.py``
 compares it with the double backward).
 
 BatchNorm layers in train mode run on batch statistics as before but do not update their running
@@ -36,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
+
+from madao_pl.batchnorm import closed_form_batch_norm
 
 __all__ = ["SegmentedProducts", "check_segments"]
 
@@ -96,17 +102,26 @@ class SegmentedProducts:
         self.segments, self.params = list(segments), list(params)
         self.inputs, self.labels, self.loss = inputs.detach(), labels, loss
         self.loss_value: Tensor | None = None  # f at theta, from the last product's forward
+        self.gradient: Vector | None = None  # df/dtheta aligned with params, from the first product
 
     def _trainable(self, segment: nn.Module) -> tuple[list[str], list[Tensor]]:
         named = [(n, p) for n, p in segment.named_parameters() if p.requires_grad]
         return [n for n, _ in named], [p for _, p in named]
 
-    def __call__(self, u: Sequence[Tensor]) -> tuple[Vector, Tensor]:
+    def __call__(
+        self, u: Sequence[Tensor], *, parameters: bool = True, inputs: bool = True
+    ) -> tuple[Vector | None, Tensor | None]:
         """``(H u aligned with params, d/dx <df/dtheta, u> shaped like inputs)`` for ``u`` aligned with
-        ``params``."""
+        ``params``; ``parameters=False`` or ``inputs=False`` skips that product (None in its place) and the
+        backward work only it needs. The first call that takes ``H u`` also keeps the first-order gradient
+        ``df/dtheta`` (its primal backward) in :attr:`gradient`."""
+        if not (parameters or inputs):
+            raise ValueError("SegmentedProducts: ask for at least one of parameters and inputs")
+        parameters = parameters or self.gradient is None
         tangent = {id(p): t.to(p.dtype) for p, t in zip(self.params, u, strict=True)}
         products: dict[int, Tensor] = {}
-        with _batch_statistics_untracked(self.segments), torch.no_grad():
+        gradient: dict[int, Tensor] = {}
+        with _batch_statistics_untracked(self.segments), closed_form_batch_norm(), torch.no_grad():
             a, da = self.inputs, torch.zeros_like(self.inputs)
             kept = []
             for segment in self.segments:
@@ -125,18 +140,32 @@ class SegmentedProducts:
             self.loss_value = self.loss(a, self.labels)
             d, dd = jvp(loss_gradient, (a,), (da,))
             del a, da
-            for segment in reversed(self.segments):
+            for index in reversed(range(len(self.segments))):
+                segment = self.segments[index]
                 a_in, da_in = kept.pop()  # each boundary is freed once its segment is done
                 names, ps = self._trainable(segment)
+                wrt_x = inputs or index > 0
 
-                def backward(x: Tensor, cotangent: Tensor, *theta: Tensor, segment=segment, names=names):
+                def backward(
+                    x: Tensor, cotangent: Tensor, *theta: Tensor, segment=segment, names=names, wrt_x=wrt_x
+                ):
                     def forward(x: Tensor, *theta: Tensor) -> Tensor:
                         return functional_call(segment, dict(zip(names, theta, strict=True)), (x,))
 
+                    if not parameters:
+                        return vjp(lambda x: forward(x, *theta), x)[1](cotangent)
+                    if not wrt_x:
+                        return vjp(lambda *theta: forward(x, *theta), *theta)[1](cotangent)
                     return vjp(forward, x, *theta)[1](cotangent)
 
                 primals, tangents = jvp(backward, (a_in, d, *ps), (da_in, dd, *(tangent[id(p)] for p in ps)))
-                d, dd = primals[0], tangents[0]
-                for p, t in zip(ps, tangents[1:], strict=True):
-                    products[id(p)] = t if id(p) not in products else products[id(p)] + t
-        return tuple(products[id(p)] for p in self.params), dd
+                if wrt_x:
+                    (d, *primals), (dd, *tangents) = primals, tangents
+                if parameters:
+                    for p, g, t in zip(ps, primals, tangents, strict=True):
+                        products[id(p)] = t if id(p) not in products else products[id(p)] + t
+                        gradient[id(p)] = g if id(p) not in gradient else gradient[id(p)] + g
+        if self.gradient is None:
+            self.gradient = tuple(gradient[id(p)] for p in self.params)
+        hessian = tuple(products[id(p)] for p in self.params) if parameters else None
+        return hessian, dd if inputs else None
