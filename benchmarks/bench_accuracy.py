@@ -14,7 +14,6 @@ Run: ``python -m benchmarks.bench_accuracy [--out ...] [--runs-dir outputs/bench
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -27,7 +26,7 @@ from typing import Any
 
 from experiments.summarize import Cell, Run, collect, markdown_table, plot_table, render_markdown, summarize
 
-from benchmarks.common import RESULTS, ROOT, run_at_most, split_overrides, stamp, write_json
+from benchmarks.common import RESULTS, ROOT, cli, run_at_most, split_overrides, stamp, write_json
 
 SWEEPS = {
     "methods": "bench_accuracy",
@@ -48,6 +47,8 @@ CLEAN = [
     "augment.hyper_train_batches=4",
 ]
 """The cleanest hypergradient measured within the time budget (bench_hypergrad's estimators)."""
+FAST_POLICY = "augment.policy_optimizer.lr=0.1"
+"""10x the policy's learning rate (so that the few hyper steps move the policy)."""
 SETTINGS = {"inner_steps": "inner_steps", "warmup_epochs": "warmup_epochs", "epochs": "dataset.epochs"}
 SETTINGS |= {"batch_size": "dataset.datamodule.batch_size", "temperature": "augment.temperature"}
 SETTINGS |= {k: f"augment.hyper.{k}" for k in ("neumann_steps", "neumann_alpha", "neumann_tol")}
@@ -61,14 +62,10 @@ LEVERS = {
     "val_batch_256": ["dataset.datamodule.hyper_batch_size=256"],
     "rao16_centered": ["augment.policy.rao_samples=16", "augment.policy.centered_selection=true"],
     "rao16_centered_k4": CLEAN,
-    "clean_lr0.1": [*CLEAN, "augment.policy_optimizer.lr=0.1"],
-    "clean_lr0.1_direction_only": [
-        *CLEAN,
-        "augment.policy_optimizer.lr=0.1",
-        "augment.hyper.direction_only=true",
-    ],
+    "clean_lr0.1": [*CLEAN, FAST_POLICY],
+    "clean_lr0.1_direction_only": [*CLEAN, FAST_POLICY, "augment.hyper.direction_only=true"],
     "identity": ["augment.policy.identity=true"],
-    "identity_clean_lr0.1": ["augment.policy.identity=true", *CLEAN, "augment.policy_optimizer.lr=0.1"],
+    "identity_clean_lr0.1": ["augment.policy.identity=true", *CLEAN, FAST_POLICY],
     "curvature_alpha0.5_J20": [
         "augment.hyper.neumann_alpha_scale=0.5",
         "augment.hyper.neumann_steps=20",
@@ -241,16 +238,13 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    own, overrides = split_overrides(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "bench" / "accuracy")
-    parser.add_argument(
-        "--sweeps", nargs="+", choices=list(SWEEPS), default=list(SWEEPS), help="run only these"
-    )
-    parser.add_argument("--no-run", action="store_true", help="only summarise the existing sweep directories")
-    args = parser.parse_args(own)
+    argv, own, overrides = split_overrides(argv)
+    flags = {
+        "--runs-dir": {"type": Path, "default": ROOT / "outputs" / "bench" / "accuracy"},
+        "--sweeps": {"nargs": "+", "choices": SWEEPS, "default": list(SWEEPS), "help": "run only these"},
+        "--no-run": {"action": "store_true", "help": "only summarise the existing sweep directories"},
+    }
+    args = cli(__doc__, own, RESULTS / "accuracy.json", flags)
     runs_dir = args.runs_dir.resolve()
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     ran = [] if args.no_run else args.sweeps

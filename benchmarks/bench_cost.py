@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import logging
 import math
 import os
-import statistics
 import sys
 import time
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,6 +53,9 @@ SSL_CASES = ("ssl_randaugment", "ssl_madao")
 views crop and flip on device) with RandAugment and with MADAO's defaults, timed against each other."""
 CASES = ("baseline", "randaugment", *VARIANTS, *SSL_CASES)
 LEARNERS = (*VARIANTS, "ssl_madao")
+FIXED = {"baseline": IdentityPolicy, "randaugment": partial(RandAugmentPolicy, num_ops=2, magnitude=0.5)}
+FIXED["ssl_randaugment"] = FIXED["randaugment"]
+"""The cases with a fixed policy, and how to build it."""
 PRESETS = {
     "full": {"depth": 28, "width": 2, "batch": 128, "inner_steps": 30},
     "quick": {"depth": 10, "width": 1, "batch": 16, "inner_steps": 3},
@@ -78,27 +78,21 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """In this process: fit ``spec["case"]`` for ``warmup + cycles * inner_steps`` batches (the keys of
     :func:`case_spec`); what :class:`~benchmarks.common.Recorder` saw, summarised."""
     args = argparse.Namespace(**spec)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*(many workers|val_dataloader|LeafSpec).*")
+    common.quiet(args.threads)
     device, s, learns = torch.device(args.device), args.inner_steps, args.case in LEARNERS
     pl.seed_everything(args.seed, workers=True, verbose=False)
     fields = dict(VARIANTS.get(args.case, {}))
     classes = fields.pop("num_classes", 0)
-    hyper = HyperStepConfig(**fields)
-    fixed = {"baseline": IdentityPolicy(), "randaugment": RandAugmentPolicy(num_ops=2, magnitude=0.5)}
-    fixed["ssl_randaugment"] = fixed["randaugment"]
-    net, policy = WideResNet(args.depth, args.width, 10), fixed.get(args.case)
+    hyper, net = HyperStepConfig(**fields), WideResNet(args.depth, args.width, 10)
+    policy = FIXED[args.case]() if args.case in FIXED else MADAOPolicy(num_stages=2, num_classes=classes)
     shared = dict(
         optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4), num_classes=10,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), cutout=CUTOUT, inner_steps=s,
         hyper=hyper,
     )  # fmt: skip
-    policy = policy or MADAOPolicy(num_stages=2, num_classes=classes)
     if args.case in SSL_CASES:
-        views = K.AugmentationSequential(
-            K.RandomResizedCrop((SIZE, SIZE), scale=(0.2, 1.0)), K.RandomHorizontalFlip()
-        )
+        crop = K.RandomResizedCrop((SIZE, SIZE), scale=(0.2, 1.0))
+        views = K.AugmentationSequential(crop, K.RandomHorizontalFlip())
         moco = MoCo(net, hidden_dim=512, queue_size=4096)
         module: MADAOModule = MoCoModule(moco, policy, views=views, **shared)
     else:
@@ -109,22 +103,17 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         accelerator=device.type, devices=1, max_epochs=1, callbacks=[recorder], **common.QUIET_TRAINER
     )
     trainer.fit(module, datamodule=common.SyntheticData(args.batch, length, SIZE, seed=args.seed))
-    peak = common.peak_rss_mb()
-    marks = [h for _, _, h in recorder.batches]
+    peak, marks = common.peak_rss_mb(), [h for _, _, h in recorder.batches]
     if len(marks) != length or (learns and not marks[s - 1]):
         raise RuntimeError(f"{args.case}: expected {length} batches, a hyper step at s - 1; got {marks}")
-    times = [(end - start, h) for start, end, h in recorder.batches]
-    timed = times[args.warmup :]
     result: dict[str, Any] = {
         "case": args.case,
         "hyper": {**dataclasses.asdict(hyper), "num_classes": classes} if learns else None,
-        "time_per_batch_s": (recorder.batches[-1][1] - recorder.batches[args.warmup][0]) / len(timed),
-        "inner_step_s_median": statistics.median(t for t, h in timed if not h),
-        "hyper_step_s": [t for t, h in timed if h],
-        "batch_s": [t for t, _ in times],
+        "time_per_batch_s": (recorder.batches[-1][1] - recorder.batches[args.warmup][0])
+        / (length - args.warmup),
+        **recorder.timings(module, args.warmup),
+        "batch_s": [end - start for start, end, _ in recorder.batches],
         "hyper_batches": [i for i, h in enumerate(marks) if h],
-        "hyper_steps": int(module.hyper_steps),
-        "total_hvps": int(module.total_hvps),
         "setup_rss_mb": recorder.setup_rss,
         "peak_rss_mb": peak,
         "peak_above_setup_mb": peak - recorder.setup_rss,
@@ -183,52 +172,52 @@ def combine(meta: dict[str, Any], settings: dict[str, Any], records: dict[str, d
     }
     ratios: dict[str, dict[str, float]] = {case: {} for case in cases}
     for case, metric, ref in itertools.product(
-        cases, RATIO_METRICS, ("randaugment", "baseline", *SSL_CASES[:1])
+        cases, RATIO_METRICS, ("randaugment", "baseline", SSL_CASES[0])
     ):
-        part, key = RATIO_METRICS[metric]
         if (ref in SSL_CASES) != (case in SSL_CASES) and ref != "randaugment":
             continue  # the SSL cases also against SSL RandAugment, the supervised ones not
+        part, key = RATIO_METRICS[metric]
         value, base = (report[part].get(c, {}).get(key) for c in (case, ref))
         if case != ref and value is not None and base:
             ratios[case][f"{metric}_vs_{ref}"] = value / base
-    plain = cases.get("plain", {})
-    compared = {}
+    ref, compared = cases.get("plain", {}), {}
     for name, row in cases.items():
-        grad, ref = row.get("hypergrad"), plain.get("hypergrad")
-        if name in VARIANTS and name != "plain" and "num_classes" not in VARIANTS[name] and grad and ref:
+        a, b = row.get("hypergrad"), ref.get("hypergrad")
+        if name in VARIANTS and name != "plain" and "num_classes" not in VARIANTS[name] and a and b:
             compared[name] = {
-                "rel_diff": math.dist(grad, ref) / math.hypot(*ref),
-                "cosine": sum(a * b for a, b in zip(grad, ref, strict=True))
-                / (math.hypot(*grad) * math.hypot(*ref)),
-                "same_state": row["state_before_first_hyper_step"] == plain["state_before_first_hyper_step"],
+                "rel_diff": math.dist(a, b) / math.hypot(*b),
+                "cosine": sum(x * y for x, y in zip(a, b, strict=True)) / (math.hypot(*a) * math.hypot(*b)),
+                "same_state": row["state_before_first_hyper_step"] == ref["state_before_first_hyper_step"],
             }
     return {**report, "ratios": ratios, "hypergrad_vs_plain": compared}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.cli(__doc__, argv, run_case)
+    args = common.cli(__doc__, argv, common.RESULTS / "cost.json", common.COST_FLAGS, run_case)
     if args is None:
         return 0
-    device, out = args.device, args.out or common.RESULTS / "cost.json"
-    preset, live = PRESETS["quick" if args.quick else "full"], device == "cpu"
+    preset, live = PRESETS["quick" if args.quick else "full"], args.device == "cpu"
     s = preset["inner_steps"]
     settings = {
         "quick": args.quick, **preset, "model": f"WideResNet({preset['depth']}, {preset['width']}, 10)",
-        "image_size": SIZE, "cutout": CUTOUT, "device": device, "threads": THREADS, "seed": SEED,
+        "image_size": SIZE, "cutout": CUTOUT, "device": args.device, "threads": THREADS, "seed": SEED,
         "optimizer": "SGD lr 0.1, momentum 0.9, weight decay 5e-4; policy: the module's default RMSprop",
         "cycles": CYCLES, "cases": list(CASES),
         "warmup_batches": {c: s if c in LEARNERS else min(FIXED_WARMUP, s) for c in CASES},
         "live_memory_env": common.LIVE_MEMORY_ENV if live else None, "probe_inner_steps": PROBE_INNER_STEPS,
     }  # fmt: skip
-    meta, started = common.stamp("benchmarks.bench_cost", argv, device=device), time.perf_counter()
-    unsupervised = [c for c in CASES if c not in SSL_CASES]
-    kinds = {"live": unsupervised if live else [], "profile": list(VARIANTS), "timed": list(CASES)}
+    meta, started = common.stamp("benchmarks.bench_cost", argv, device=args.device), time.perf_counter()
+    kinds = {
+        "live": [c for c in CASES if c not in SSL_CASES] if live else [],
+        "profile": [c for c in CASES if c in VARIANTS],
+        "timed": list(CASES),
+    }
     with common.work_dir(args.work_dir) as work:
         records = {kind: run_kind(names, settings, work, kind) for kind, names in kinds.items()}
     report = combine(meta, settings, records)
-    common.write_json(out, {**report, "wall_s": time.perf_counter() - started})
+    common.write_json(args.out, {**report, "wall_s": time.perf_counter() - started})
     print(cost_table(report, list(report["cases"])))
-    print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
+    print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

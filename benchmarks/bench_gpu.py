@@ -26,20 +26,16 @@ benchmarks/results/scaling.json`` (12 minutes on 2 CPU cores).
 
 from __future__ import annotations
 
-import logging
 import os
 import statistics
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
@@ -108,20 +104,18 @@ def case_name(model: str, compiled: bool, augment: str) -> str:
 def compose_case(spec: dict[str, Any]) -> DictConfig:
     """The real config tree with the case's choices: data set preset, model, augmentation at s, no
     warm-up epochs (no callbacks run: every cycle ends in a hyper step), the trainer for the device."""
-    overrides = [
-        f"dataset={spec['dataset']}",
-        f"model={spec['model']}",
-        f"augment={spec['augment']}",
-        f"augment.inner_steps={spec['inner_steps']}",
-        "augment.warmup_epochs=0",
-        f"dataset.datamodule.batch_size={spec['batch']}",
-        f"trainer={'gpu' if spec['device'] == 'cuda' else 'cpu'}",
-        f"paths.output_dir={spec['output_dir']}",
-    ]
-    if GlobalHydra.instance().is_initialized():
-        return compose("config", overrides=overrides)
-    with initialize_config_module(version_base="1.3", config_module="madao_pl.conf"):
-        return compose("config", overrides=overrides)
+    return common.compose(
+        [
+            f"dataset={spec['dataset']}",
+            f"model={spec['model']}",
+            f"augment={spec['augment']}",
+            f"augment.inner_steps={spec['inner_steps']}",
+            "augment.warmup_epochs=0",
+            f"dataset.datamodule.batch_size={spec['batch']}",
+            f"trainer={'gpu' if spec['device'] == 'cuda' else 'cpu'}",
+            f"paths.output_dir={spec['output_dir']}",
+        ]
+    )
 
 
 def _fit(spec: dict[str, Any], record: dict[str, Any]) -> None:
@@ -156,14 +150,8 @@ def _fit(spec: dict[str, Any], record: dict[str, Any]) -> None:
         raise RuntimeError(f"expected {length} batches, hyper steps at every s-th; got {marks}")
     timed = recorder.batches[warmup:]
     cycles = [timed[k + s - 1][1] - timed[k][0] for k in range(0, len(timed), s)]
-    record.update(
-        time_per_step_s=statistics.median(cycles) / s,
-        cycle_s=cycles,
-        inner_step_s_median=statistics.median(end - start for start, end, h in timed if not h),
-        hyper_step_s=[end - start for start, end, h in timed if h],
-        hyper_steps=int(module.hyper_steps),
-        total_hvps=int(module.total_hvps),
-    )
+    record.update(time_per_step_s=statistics.median(cycles) / s, cycle_s=cycles)
+    record.update(recorder.timings(module, warmup))
     if device.type == "cuda":
         record["before_timed_memory_mb"] = recorder.before_timed
         record["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -175,10 +163,8 @@ def _fit(spec: dict[str, Any], record: dict[str, Any]) -> None:
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """In this process: fit one case (the keys of :func:`case_specs`); its record, or its error string."""
-    torch.set_num_threads(spec["threads"])
+    common.quiet(spec["threads"])
     torch.set_float32_matmul_precision(MATMUL_PRECISION)
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*(many workers|val_dataloader|LeafSpec|log_every_n_steps).*")
     device = torch.device(spec["device"])
     record: dict[str, Any] = {key: spec[key] for key in (*KEYS, "inner_steps")}
     mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_")
@@ -234,7 +220,8 @@ def ratios(cases: dict[str, dict[str, Any]], form: str) -> dict[str, dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     form_help = "full (the default on CUDA), quick (the default on CPU; also --quick) or scaling"
-    args = common.cli(__doc__, argv, run_case, **{"--form": {"choices": list(FORMS), "help": form_help}})
+    flags = {**common.COST_FLAGS, "--form": {"choices": list(FORMS), "help": form_help}}
+    args = common.cli(__doc__, argv, None, flags, run_case)
     if args is None:
         return 0
     device, cuda = args.device, args.device == "cuda"

@@ -14,27 +14,24 @@ Run: ``python -m benchmarks.bench_hypergrad --out benchmarks/results/hypergrad.j
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
 from torch import Tensor
 
-from benchmarks.common import QUIET_TRAINER, RESULTS, split_overrides, stamp, write_json
+from benchmarks.common import QUIET_TRAINER, RESULTS, cli, compose, split_overrides, stamp, write_json
 from madao_pl.augment.ops import MAGNITUDE_OPS, OPERATIONS, cutout
 from madao_pl.callbacks import WarmupCallback
 from madao_pl.hyperstep import HyperStepConfig, hyper_step
 from madao_pl.module import MADAOModule
+from madao_pl.run import build
 
 SOURCES = {"all": (1, 1, 1), "train_batch": (1, 0, 0), "policy_draws": (0, 1, 0), "val_batch": (0, 0, 1)}
 """Random source -> which of (training batch, policy and Cutout draws, hyper-validation batch) vary."""
@@ -58,14 +55,12 @@ DAMPING = 1e-2
 
 def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
     """The config, its datamodule and its module after ``augment.warmup_epochs`` epochs of a real fit."""
-    with initialize_config_module(version_base="1.3", config_module="madao_pl.conf"):
-        cfg = compose("config", overrides=["augment=madao", "dataset.datamodule.num_workers=0", *overrides])
+    cfg = compose(["augment=madao", "dataset.datamodule.num_workers=0", *overrides])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.dataset.datamodule)
-    module = instantiate(
-        cfg.module, net=instantiate(cfg.model.net, num_classes=cfg.dataset.num_classes),
-        policy=instantiate(cfg.augment.policy), hyper=instantiate(cfg.augment.hyper),
-        num_classes=cfg.dataset.num_classes, mean=datamodule.mean, std=datamodule.std, _convert_="object",
+    datamodule, classes = build(cfg, "dataset.datamodule"), cfg.dataset.num_classes
+    module = build(
+        cfg, "module", net=build(cfg, "model.net", num_classes=classes), policy=build(cfg, "augment.policy"),
+        hyper=build(cfg, "augment.hyper"), num_classes=classes, mean=datamodule.mean, std=datamodule.std,
     )  # fmt: skip
     warmup = cfg.augment.warmup_epochs
     callbacks = [WarmupCallback(warmup, min_hyper_steps=0)]
@@ -227,15 +222,10 @@ def estimators(draws: Draws, count: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    own, overrides = split_overrides(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULTS / "hypergrad.json")
-    parser.add_argument("--draws", type=int, default=40)
-    parser.add_argument("--reference-draws", type=int, default=3)
-    parser.add_argument("--op-batches", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(own)
+    argv, own, overrides = split_overrides(argv)
+    defaults = {"--draws": 40, "--reference-draws": 3, "--op-batches": 4, "--threads": 2}
+    flags = {flag: {"type": int, "default": value} for flag, value in defaults.items()}
+    args = cli(__doc__, own, RESULTS / "hypergrad.json", flags)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     cfg, datamodule, module = warmed_up(overrides)

@@ -25,16 +25,12 @@ Run: ``python -m benchmarks.bench_levers --out benchmarks/results/levers.json`` 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from functools import partial
+from types import SimpleNamespace
 from unittest import mock
 
 import torch
@@ -42,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
-from benchmarks.common import ROOT, stamp, write_json
+from benchmarks import common
 from madao_pl.hypergrad import second_order_vjp
 from madao_pl.models import WideResNet, network_segments, wide_resnet
 from madao_pl.segmented import SegmentedProducts
@@ -51,14 +47,13 @@ BATCH, SIZE, DEPTH, WIDTH, SEED = 64, 32, 16, 2, 0
 STEPS = (1e-1, 1e-2, 1e-3, 1e-4)
 """Perturbation norms ``e |u|`` of the finite differences."""
 PROBES = ("training_step", "double_backward", "forward_over_reverse", "finite_difference", "segmented")
-MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
-
-
-class Softplus(nn.Module):
-    """``softplus(beta=20)``: the smooth stand-in for ReLU of the control network."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.softplus(x, beta=20.0)
+MMAP_ENV = {**common.LIVE_MEMORY_ENV, "OMP_NUM_THREADS": "1"}
+NETWORKS = {
+    "relu_float32": (torch.float32, False),
+    "relu_float64": (torch.float64, False),
+    "softplus_float64": (torch.float64, True),
+}
+"""The networks whose products' errors are measured: (dtype, ReLU replaced by ``softplus(beta=20)``)."""
 
 
 def problem(dtype: torch.dtype) -> tuple[nn.Module, Tensor, Tensor]:
@@ -68,13 +63,6 @@ def problem(dtype: torch.dtype) -> tuple[nn.Module, Tensor, Tensor]:
     g = torch.Generator().manual_seed(SEED + 1)
     images = torch.rand(BATCH, 3, SIZE, SIZE, generator=g).to(dtype)
     return net, (images - 0.5) / 0.25, torch.randint(0, 10, (BATCH,), generator=g)
-
-
-class _SmoothFunctional:
-    """``torch.nn.functional`` with ``relu`` replaced by :class:`Softplus` (the WRN calls ``F.relu``)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return Softplus() if name == "relu" else getattr(F, name)
 
 
 def finite_difference(net: nn.Module, loss, u: list[Tensor], step: float) -> list[Tensor]:
@@ -140,7 +128,8 @@ def errors(dtype: torch.dtype, smooth: bool) -> dict[str, float]:
     def loss() -> Tensor:
         return F.cross_entropy(net(images), labels)
 
-    with mock.patch.object(wide_resnet, "F", _SmoothFunctional()) if smooth else contextlib.nullcontext():
+    smooth_f = SimpleNamespace(**{**vars(F), "relu": partial(F.softplus, beta=20.0)})  # for the WRN's F.relu
+    with mock.patch.object(wide_resnet, "F", smooth_f) if smooth else contextlib.nullcontext():
         exact = double_backward(net, loss, u)
         out = {f"fd_{step:g}": relative(finite_difference(net, loss, u, step), exact) for step in STEPS}
     if not smooth:
@@ -159,8 +148,7 @@ def probe(name: str) -> dict[str, float]:
     def loss() -> Tensor:
         return F.cross_entropy(net(images), labels)
 
-    setup = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
-    start = time.perf_counter()
+    setup, start = common.rss_mb(), time.perf_counter()
     if name == "training_step":
         loss().backward()
         optimizer.step()
@@ -172,27 +160,19 @@ def probe(name: str) -> dict[str, float]:
         segmented(net, images, labels, u)
     else:
         finite_difference(net, loss, u, 1e-2)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    return {"peak_above_setup_mb": peak - setup, "seconds": time.perf_counter() - start}
+    return {"peak_above_setup_mb": common.peak_rss_mb() - setup, "seconds": time.perf_counter() - start}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/levers.json"))
-    parser.add_argument("--probe", choices=PROBES, help="internal: print one memory probe's JSON")
-    args = parser.parse_args(argv)
-    if args.probe:
-        print(json.dumps(probe(args.probe)))
+    args = common.cli(__doc__, argv, common.RESULTS / "levers.json", {}, probe)
+    if args is None:
         return 0
-    memory = {}
-    for name in PROBES:
-        command = [sys.executable, "-m", "benchmarks.bench_levers", "--probe", name]
-        done = subprocess.run(
-            command, cwd=ROOT, env={**os.environ, **MMAP_ENV}, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"memory probe {name} failed:\n{done.stderr[-3000:]}")
-        memory[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    memory, specs = {}, {name: name for name in PROBES}
+    with common.work_dir(None) as work:
+        for name, row in common.run_cases("benchmarks.bench_levers", specs, work, MMAP_ENV):
+            if "error" in row:
+                raise RuntimeError(f"memory probe {name} failed:\n{row['traceback_tail']}")
+            memory[name] = row
     step = memory["training_step"]["peak_above_setup_mb"]
     for row in memory.values():
         row["vs_training_step"] = row["peak_above_setup_mb"] / step
@@ -201,21 +181,12 @@ def main(argv: list[str] | None = None) -> int:
                 "steps": list(STEPS), "memory_env": MMAP_ENV, "seed": SEED}  # fmt: skip
     report = {
         "benchmark": "memory levers for the hyper step's products",
-        **stamp("benchmarks.bench_levers", argv),
+        **common.stamp("benchmarks.bench_levers", argv),
+        "settings": settings,
+        "memory": memory,
+        "errors": {name: errors(dtype, smooth) for name, (dtype, smooth) in NETWORKS.items()},
     }
-    write_json(
-        args.out,
-        {
-            **report,
-            "settings": settings,
-            "memory": memory,
-            "errors": {
-                "relu_float32": errors(torch.float32, False),
-                "relu_float64": errors(torch.float64, False),
-                "softplus_float64": errors(torch.float64, True),
-            },
-        },
-    )
+    common.write_json(args.out, report)
     print(json.dumps({"memory": memory}, indent=1))
     print(f"wrote {args.out}")
     return 0

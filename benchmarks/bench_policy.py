@@ -11,13 +11,11 @@ Run: ``python -m benchmarks.bench_policy --out benchmarks/results/policy.json``
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import kornia
 import torch
@@ -25,7 +23,7 @@ import torchvision
 import torchvision.transforms.v2 as v2
 from kornia.augmentation.auto import RandAugment as KorniaRandAugment
 
-from benchmarks.common import stamp, write_json
+from benchmarks.common import RESULTS, cli, stamp, write_json
 from madao_pl.augment import AutoAugmentPolicy, MADAOPolicy, RandAugmentPolicy, TrivialAugmentPolicy
 
 RATIO_TARGET, SEED = 1.0, 0
@@ -37,10 +35,8 @@ def make_cases(batch: torch.Tensor) -> dict[str, Callable[[], object]]:
     generator = torch.Generator().manual_seed(SEED)
     weights = torch.randn(batch.shape, generator=torch.Generator().manual_seed(SEED + 1))
     madao, kornia_ra = MADAOPolicy(num_stages=2), KorniaRandAugment(n=2, m=15)
-    torchvision_ra, batch_uint8 = (
-        v2.RandAugment(num_ops=2, magnitude=15),
-        (batch * 255).round().to(torch.uint8),
-    )
+    torchvision_ra = v2.RandAugment(num_ops=2, magnitude=15)
+    batch_uint8 = (batch * 255).round().to(torch.uint8)
     ours = {
         "madao": madao,
         "randaugment": RandAugmentPolicy(num_ops=2, magnitude=0.5),
@@ -81,14 +77,9 @@ def run(cases: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/policy.json"))
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument(
-        "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, a run each"
-    )
-    args = parser.parse_args(argv)
+    flags = {"--reps": {"type": int, "default": 20}, "--warmup": {"type": int, "default": 3}}
+    flags["--threads"] = {"type": int, "nargs": "+", "default": [1, 2], "help": "torch threads, a run each"}
+    args = cli(__doc__, argv, RESULTS / "policy.json", flags)
     runs = {}
     for shape in BATCH_SHAPES:
         batch = torch.rand(*shape, generator=torch.Generator().manual_seed(SEED))
@@ -97,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(threads)
             load_before = list(os.getloadavg())
             results = run(make_cases(batch), args.warmup, args.reps)
-            madao = results["madao_no_grad"]["median_ms"]
+            madao, backward = (results[k]["median_ms"] for k in ("madao_no_grad", "madao_forward_backward"))
             ratio = madao / results["kornia_randaugment"]["median_ms"]
             runs[f"threads={threads}, batch {label}"] = {
                 "batch_shape": list(shape),
@@ -107,29 +98,28 @@ def main(argv: list[str] | None = None) -> None:
                 "ratio_madao_no_grad_over_kornia_randaugment": ratio,
                 "ratio_target": RATIO_TARGET,
                 "ratio_within_target": ratio <= RATIO_TARGET,
-                "ratio_madao_forward_backward_over_no_grad": results["madao_forward_backward"]["median_ms"]
-                / madao,
+                "ratio_madao_forward_backward_over_no_grad": backward / madao,
             }
             timings = ", ".join(f"{n} {r['median_ms']:.2f} ms" for n, r in results.items())
             print(f"batch {label}, threads {threads}: {timings}; madao / kornia {ratio:.2f}")
-    meta = stamp(
-        "benchmarks.bench_policy", argv, torchvision=torchvision.__version__, kornia=kornia.__version__
-    )
-    settings = {
-        "warmup_rounds": args.warmup,
-        "timed_rounds": args.reps,
-        "interleaved": True,
-        "order_rotated": True,
-        "seed": SEED,
-    }
     shapes = [list(shape) for shape in BATCH_SHAPES]
     report = {
         "benchmark": "augmentation policy on one CPU batch",
         "batch_shape": shapes[0],
         "batch_shapes": shapes,
-        **meta,
+        **stamp(
+            "benchmarks.bench_policy", argv, torchvision=torchvision.__version__, kornia=kornia.__version__
+        ),
+        "settings": {
+            "warmup_rounds": args.warmup,
+            "timed_rounds": args.reps,
+            "interleaved": True,
+            "order_rotated": True,
+            "seed": SEED,
+        },
+        "runs": runs,
     }
-    write_json(args.out, {**report, "settings": settings, "runs": runs})
+    write_json(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -1,7 +1,7 @@
 """What the benchmarks share: where results go, the provenance block every result file starts with, the
-``-- OVERRIDE ...`` split of a command line, a launcher for processes that run side by side, and what the
-cost benchmarks (``bench_cost``, ``bench_gpu``) share: their command line, one case per process, the
-synthetic data and the callback that times and measures a fit."""
+command line, the real config tree, launchers for processes that run side by side (one case per process),
+and what the cost benchmarks (``bench_cost``, ``bench_gpu``) fit: synthetic data and a callback that times
+and measures it."""
 
 from __future__ import annotations
 
@@ -10,21 +10,27 @@ import contextlib
 import datetime
 import importlib
 import json
+import logging
 import multiprocessing.context
 import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
@@ -36,6 +42,12 @@ QUIET_TRAINER |= {"enable_model_summary": False, "limit_val_batches": 0}
 LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 """A fixed glibc mmap threshold: freed tensors leave the resident set at once, so the RSS follows the live
 tensors (a process's environment: it must be set before the process starts)."""
+COST_FLAGS: dict[str, dict[str, Any]] = {
+    "--quick": {"action": "store_true", "help": "the reduced form (a smoke test)"},
+    "--device": {"choices": ("cpu", "cuda"), "help": "default: cuda if available, else cpu"},
+    "--work-dir": {"type": Path, "help": "keep each case's JSON and log here (default: temp)"},
+}
+"""The cost benchmarks' flags besides ``--out`` and ``--run-case`` (:func:`cli`)."""
 
 
 def stamp(module: str, argv: list[str] | None, **extra: Any) -> dict[str, Any]:
@@ -67,23 +79,59 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``argv`` cut at ``--``: the script's own arguments, and the Hydra overrides after it."""
-    return (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+def split_overrides(argv: list[str] | None) -> tuple[list[str], list[str], list[str]]:
+    """``argv`` (default ``sys.argv[1:]``), and it cut at ``--``: the script's own arguments, and the Hydra
+    overrides after it."""
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return argv, argv[:cut], argv[cut + 1 :]
 
 
-def run_at_most(
-    commands: list[list[str]], width: int, env: dict[str, str], logs: list[Path] | None = None
-) -> Iterator[int | None]:
-    """Run ``commands`` from the repository root, at most ``width`` at a time, stdout and stderr into ``logs``
-    (default: stdout discarded, stderr shown); yield their exit statuses, in order."""
+def cli(
+    doc: str,
+    argv: list[str] | None,
+    out: Path | None,
+    flags: dict[str, dict[str, Any]],
+    run_case: Callable[[Any], dict[str, Any]] | None = None,
+) -> argparse.Namespace | None:
+    """A benchmark's command line: ``--out`` (default ``out``), ``flags`` (flag -> ``add_argument``'s
+    keywords; ``--device`` defaults to cuda if there is one, asked of NVML so that no CUDA context is
+    forked) and, with ``run_case``, ``--run-case SPEC`` (JSON): None once that case has run into ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=out, help="the result file")
+    if run_case:
+        parser.add_argument("--run-case", type=json.loads, help="internal: run one case (a JSON spec) here")
+    for flag, options in flags.items():
+        parser.add_argument(flag, **options)
+    args = parser.parse_args(argv)
+    if run_case and args.run_case:
+        write_json(args.out, run_case(args.run_case))
+        return None
+    if "--device" in flags:
+        args.device = args.device or ("cuda" if torch.cuda.device_count() > 0 else "cpu")
+    return args
 
-    def start(i: int) -> subprocess.Popen:
-        with open(logs[i] if logs else os.devnull, "w") as log:
-            stderr = subprocess.STDOUT if logs else None
-            return subprocess.Popen(commands[i], cwd=ROOT, env=env, stdout=log, stderr=stderr)
 
-    return _at_most((start(i) for i in range(len(commands))), width)
+def compose(overrides: list[str]) -> DictConfig:
+    """madao_pl's real config tree with ``overrides``, as ``python -m madao_pl.run`` composes it."""
+    if GlobalHydra.instance().is_initialized():
+        return hydra.compose("config", overrides=overrides)
+    with hydra.initialize_config_module(version_base="1.3", config_module="madao_pl.conf"):
+        return hydra.compose("config", overrides=overrides)
+
+
+def quiet(threads: int) -> None:
+    """Set up a case's process: ``threads`` torch threads, Lightning's info and the loader warnings silent."""
+    torch.set_num_threads(threads)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*(many workers|val_dataloader|LeafSpec|log_every_n_steps).*")
+
+
+def run_at_most(commands: list[list[str]], width: int, env: dict[str, str]) -> Iterator[int | None]:
+    """Run ``commands`` from the repository root, at most ``width`` at a time, stdout discarded (stderr
+    shown); yield their exit statuses, in order."""
+    start = (subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for c in commands)
+    return _at_most(start, width)
 
 
 def _at_most(processes: Iterable[Any], width: int, timeout: float | None = None) -> Iterator[int | None]:
@@ -127,7 +175,7 @@ class _Fork(multiprocessing.context.ForkProcess):
 
 def run_cases(
     module: str,
-    specs: dict[str, dict[str, Any]],
+    specs: dict[str, Any],
     work: Path,
     env: dict[str, str] | None = None,
     width: int = 1,
@@ -159,28 +207,6 @@ def run_cases(
         log = stem.with_suffix(".log")
         error = f"timed out after {timeout} s" if status is None else f"exit status {status}"
         yield name, {"error": error, "traceback_tail": log.read_text()[-3000:] if log.is_file() else ""}
-
-
-def cli(
-    doc: str, argv: list[str] | None, run_case: Callable, **more: dict[str, Any]
-) -> argparse.Namespace | None:
-    """The cost benchmarks' command line: ``--out``, ``--quick``, ``--device`` (default: cuda if there is one,
-    asked of NVML so that no CUDA context is forked), ``--work-dir``, ``--run-case``, and ``more`` (flag ->
-    ``add_argument``'s keywords). None once it has run ``--run-case``'s case into ``--out``."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="the result file (default: benchmarks/results/<name>.json)")
-    parser.add_argument("--quick", action="store_true", help="the reduced form (a smoke test)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
-    parser.add_argument("--work-dir", type=Path, help="keep each case's JSON and log here (default: temp)")
-    parser.add_argument("--run-case", type=json.loads, help="internal: run one case (a JSON spec) here")
-    for flag, options in more.items():
-        parser.add_argument(flag, **options)
-    args = parser.parse_args(argv)
-    if args.run_case:
-        write_json(args.out, run_case(args.run_case))
-        return None
-    args.device = args.device or ("cuda" if torch.cuda.device_count() > 0 else "cpu")
-    return args
 
 
 @contextlib.contextmanager
@@ -245,6 +271,17 @@ class Recorder(pl.Callback):
         self.fingerprint: float | None = None
         self._profiler: profile | None = None
         self._before = 0
+
+    def timings(self, module: Any, start: int) -> dict[str, Any]:
+        """From batch ``start`` on: the median inner step and every hyper step (seconds); the module's hyper
+        steps and Hessian-vector products."""
+        timed = [(end - begin, hyper) for begin, end, hyper in self.batches[start:]]
+        return {
+            "inner_step_s_median": statistics.median(t for t, hyper in timed if not hyper),
+            "hyper_step_s": [t for t, hyper in timed if hyper],
+            "hyper_steps": int(module.hyper_steps),
+            "total_hvps": int(module.total_hvps),
+        }
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -7,7 +7,6 @@ Run: ``python -m benchmarks.report [--results DIR] [--out FILE] [--no-top-readme
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -16,7 +15,7 @@ from typing import Any
 
 from experiments.summarize import markdown_table
 
-from benchmarks.common import RESULTS, ROOT
+from benchmarks.common import RESULTS, ROOT, cli
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 BENCHMARKS = {
@@ -58,6 +57,10 @@ ACCURACY_SECTIONS = (
     ),
 )
 """The accuracy page's subsections after the methods table: (table of accuracy.json, heading, plot)."""
+GROUPS = ("selection", "apply", "magnitude")
+"""The policy's parameter groups whose movement accuracy.json records."""
+Columns = list[tuple[str, str, "int | str"]]
+"""A table's columns after the first: (header, key of a row's item, :func:`fmt`'s spec)."""
 
 
 def load(results_dir: Path, name: str) -> dict[str, Any] | None:
@@ -68,11 +71,14 @@ def load(results_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def fmt(value: Any, spec: int | str = 2) -> str:
-    """A format ``spec``, or that many decimals (a tiny number in e-notation); '—' for None; yes / no."""
-    if value is None:
+    """A format ``spec``, or that many decimals (a tiny number in e-notation); '—' for None and an empty
+    list; yes / no; a list's items comma-separated."""
+    if value is None or value == []:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(fmt(v, spec) for v in value)
     if isinstance(spec, str):
         return format(value, spec)
     if isinstance(value, float):
@@ -80,20 +86,18 @@ def fmt(value: Any, spec: int | str = 2) -> str:
     return str(value)
 
 
+def keyed(first: str, items: dict[str, Any], columns: Columns) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a table with a row per item (its name in backticks, under ``first``) and a
+    cell per column; a key the item lacks: '—'."""
+    rows = [
+        [f"`{name}`", *(fmt(item.get(key), spec) for _, key, spec in columns)] for name, item in items.items()
+    ]
+    return [first, *(header for header, _, _ in columns)], rows
+
+
 def block(caption: str, header: list[str], rows: list[list[str]]) -> list[str]:
     """A caption, a markdown table and a blank line; nothing without rows."""
     return [caption, "", markdown_table(header, rows), ""] if rows else []
-
-
-def key_table(
-    caption: str, first: str, items: dict[str, Any], columns: list[tuple[str, str, int | str]]
-) -> list[str]:
-    """:func:`block` with a row per item (its name in backticks, under ``first``) and a cell per column
-    ``(header, key of the item, fmt's spec)``."""
-    rows = [
-        [f"`{name}`", *(fmt(item[key], spec) for _, key, spec in columns)] for name, item in items.items()
-    ]
-    return block(caption, [first, *(header for header, _, _ in columns)], rows)
 
 
 def provenance(report: dict[str, Any]) -> str:
@@ -123,10 +127,10 @@ def policy_body(report: dict[str, Any]) -> list[str]:
     ]
     columns = [(f"{k} ms", f"{k}_ms", 2) for k in ("median", "min", "max")]
     for name, run in report["runs"].items():
-        load_before = fmt(run["load_average_1_5_15_before"][0], 1)
         batch = "x".join(map(str, run.get("batch_shape", report["batch_shape"])))
+        load_before = fmt(run["load_average_1_5_15_before"][0], 1)
         caption = f"### {name} (batch {batch}; 1-minute load average before: {load_before})"
-        out += key_table(caption, "case", run["results"], columns)
+        out += block(caption, *keyed("case", run["results"], columns))
         out += [
             "MADAO (no grad) / kornia RandAugment, medians: "
             f"**{fmt(run['ratio_madao_no_grad_over_kornia_randaugment'])}** "
@@ -149,8 +153,7 @@ def cost_table(report: dict[str, Any], cases: list[str]) -> str:
         shown |= {"segmented": True} if hyper.get("segmented") else {}
         rows.append([
             f"`{name}`", " ".join(f"{k}={str(v).lower()}" for k, v in shown.items()),
-            fmt(r["time_per_batch_s"], 3), fmt(r["inner_step_s_median"], 3),
-            ", ".join(fmt(t, 3) for t in r["hyper_step_s"]) or "—",
+            fmt(r["time_per_batch_s"], 3), fmt(r["inner_step_s_median"], 3), fmt(r["hyper_step_s"], 3),
             fmt(r["total_hvps"] / r["hyper_steps"], 1) if r["hyper_steps"] else "—",
             fmt(r["peak_above_setup_mb"], 0), *(fmt(ratios[name].get(k)) for k in keys),
         ])  # fmt: skip
@@ -199,7 +202,7 @@ def cost_body(report: dict[str, Any]) -> list[str]:
         ("cosine", "cosine", ".6f"),
         ("same state", "same_state", 0),
     ]
-    return out + key_table(caption, "variant", report["hypergrad_vs_plain"], columns)
+    return out + block(caption, *keyed("variant", report["hypergrad_vs_plain"], columns))
 
 
 def cost_summary(report: dict[str, Any] | None) -> str:
@@ -257,7 +260,7 @@ def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -
         groups.setdefault((row["sweep"], row["group"], row["dataset"]), []).append(row)
     moved = [
         [f"{sweep} `{group}`", dataset, str(len(rows)), fmt(mean(rows, "hyper_steps"), 0),
-         *(fmt(mean(rows, f"{g}_mean_abs_change"), 4) for g in ("selection", "apply", "magnitude")),
+         *(fmt(mean(rows, f"{g}_mean_abs_change"), 4) for g in GROUPS),
          *(f"{fmt(mean(rows, f'use_stage{k}_first'))} -> {fmt(mean(rows, f'use_stage{k}_last'))}"
            for k in (0, 1) if f"use_stage{k}_first" in rows[0])]
         for (sweep, group, dataset), rows in groups.items()
@@ -266,13 +269,7 @@ def accuracy_body(report: dict[str, Any], results_dir: Path, readme_dir: Path) -
         "How far the learned policies moved (first against last row of each run's `policy_history.csv`, "
         "mean over ops and stages, then over seeds); use: sum over ops of selection x apply probability."
     )
-    header = [
-        "run",
-        "data set",
-        "seeds",
-        "hyper steps",
-        *(f"{g} |change|" for g in ("selection", "apply", "magnitude")),
-    ]
+    header = ["run", "data set", "seeds", "hyper steps", *(f"{g} |change|" for g in GROUPS)]
     out += block(caption, [*header, "use stage 0", "use stage 1"], moved)
     classes = (report.get("class_policy") or {}).get("classes", {})
     rows = [
@@ -316,66 +313,53 @@ def hypergrad_body(report: dict[str, Any]) -> list[str]:
         k: {**r, **{n: r[n]["mean_pairwise_cosine"] for n in names}} for k, r in report["estimators"].items()
     }
     columns = [("S", "rao_samples", 0), ("centered", "centered_selection", 0), ("k", "batches", 0)]
-    out += key_table(
+    out += block(
         "Variance reduction, every source varying, same draws for each option: Gumbel-Rao samples S "
         "(`augment.policy.rao_samples`), the selection factor on the change only "
         "(`augment.policy.centered_selection`), training batches per hyper step k "
         "(`augment.hyper_train_batches`). Cell: mean pairwise cosine.",
-        "option",
-        options,
-        [*columns, ("s / draw", "seconds_per_draw", 2), *cosines],
+        *keyed("option", options, [*columns, ("s / draw", "seconds_per_draw", 2), *cosines]),
     )
     solvers = {"configured": {"settings": "the hyper step above", **ref["mean"]}}
     for name, solver in ref.get("solvers", {}).items():
         settings = ", ".join(f"{k}={v}" for k, v in solver.items() if k != "mean")
         solvers[name] = {"settings": settings, **solver["mean"]}
-    out += key_table(
+    out += block(
         f"Cosine to the implicit gradient with a damped Hessian (lambda = {ref['damping']}, float64 CG to "
         f"convergence), same draws, mean of {len(ref['draws'])}:",
-        "solver",
-        solvers,
-        [("settings", "settings", 0), *cosines],
+        *keyed("solver", solvers, [("settings", "settings", 0), *cosines]),
     )
-    return out + key_table(
+    columns = [("grad norm", "grad_norm", 3), ("inner product", "inner_product", 4), ("cosine", "cosine", 3)]
+    return out + block(
         "Each op on every image of a training batch (the policy's initial magnitude): the training "
         "gradient's norm and its inner product and cosine with the validation gradient (the one-step "
         "look-ahead rewards a large inner product):",
-        "op",
-        report["ops"],
-        [("grad norm", "grad_norm", 3), ("inner product", "inner_product", 4), ("cosine", "cosine", 3)],
+        *keyed("op", report["ops"], columns),
     )
 
 
 def levers_body(report: dict[str, Any]) -> list[str]:
     """The peak memory of one product per lever beside a training step's, and each lever's error."""
     s = report["settings"]
-    memory = key_table(
+    columns = [
+        ("MiB", "peak_above_setup_mb", 0),
+        ("/ training step", "vs_training_step", 2),
+        ("s", "seconds", 2),
+    ]
+    memory = block(
         f"{s['model']}, batch {s['batch']}, {s['image_size']} px, one thread, each probe in its own process "
         f"({', '.join(f'{k}={v}' for k, v in s['memory_env'].items())}): peak RSS above set-up.",
-        "probe",
-        report["memory"],
-        [("MiB", "peak_above_setup_mb", 0), ("/ training step", "vs_training_step", 2), ("s", "seconds", 2)],
+        *keyed("probe", report["memory"], columns),
     )
-    steps = [f"fd_{step:g}" for step in s["steps"]]
-    columns = [(f"FD, e abs(u) = {k[3:]}", k, ".2e") for k in steps]
-    rows = {
-        name: {k: row.get(k) for k in [*steps, "forward_over_reverse", "segmented"]}
-        for name, row in report["errors"].items()
-    }
-    errors = key_table(
+    columns = [(f"FD, e abs(u) = {step:g}", f"fd_{step:g}", ".2e") for step in s["steps"]]
+    columns += [("forward-over-reverse", "forward_over_reverse", ".2e"), ("segmented", "segmented", ".2e")]
+    return memory + block(
         "Relative error against the exact product (double backward) of a random direction u: central finite "
         "differences per perturbation norm, forward-over-reverse (`torch.func.jvp` of `grad`) and the "
         "shipped segmented product (`augment.hyper.segmented=true`). "
         "`softplus_float64` is the control network with softplus(beta=20) for ReLU.",
-        "network",
-        rows,
-        [
-            *columns,
-            ("forward-over-reverse", "forward_over_reverse", ".2e"),
-            ("segmented", "segmented", ".2e"),
-        ],
+        *keyed("network", report["errors"], columns),
     )
-    return memory + errors
 
 
 def gpu_table(report: dict[str, Any]) -> str:
@@ -384,8 +368,8 @@ def gpu_table(report: dict[str, Any]) -> str:
     rows = [
         [f"`{name}`", f"error: {row['error'][:80]}", "", "", "", ""]
         if "error" in row
-        else [f"`{name}`", fmt(row["time_per_step_s"], 4), ", ".join(fmt(t, 3) for t in row["hyper_step_s"])
-              or "—", *(fmt(row[k], 0) for k in ("setup_memory_mb", "peak_mb", "peak_above_setup_mb"))]
+        else [f"`{name}`", fmt(row["time_per_step_s"], 4), fmt(row["hyper_step_s"], 3),
+              *(fmt(row[k], 0) for k in ("setup_memory_mb", "peak_mb", "peak_above_setup_mb"))]
         for name, row in report["cases"].items()
     ]  # fmt: skip
     header = ["case", "s / step", "hyper step s", f"set-up {unit}", f"peak {unit}", "above set-up"]
@@ -419,8 +403,7 @@ def gpu_body(report: dict[str, Any]) -> list[str]:
     first), with its notes."""
     device = report["device_name"] or report["device"]
     notes = [f"Device: {device}; {report['form']} form.", f"bf16: {report['bf16']}."]
-    if report.get("note"):
-        notes.append(f"**{report['note']}**")
+    notes += [f"**{report['note']}**"] if report.get("note") else []
     s, out = report["settings"], [" ".join(notes), ""]
     if report["form"] == "scaling":
         out += [
@@ -489,11 +472,9 @@ def update_top_readme(path: Path, summary: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--out", type=Path, default=RESULTS.parent / "README.md")
-    parser.add_argument("--no-top-readme", action="store_true", help="leave the top README alone")
-    args = parser.parse_args(argv)
+    flags = {"--results": {"type": Path, "default": RESULTS}}
+    flags["--no-top-readme"] = {"action": "store_true", "help": "leave the top README alone"}
+    args = cli(__doc__, argv, RESULTS.parent / "README.md", flags)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(build_readme(args.results, args.out.resolve().parent))
     print(f"wrote {args.out}")

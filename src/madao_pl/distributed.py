@@ -1,8 +1,9 @@
 """The few collectives MADAO does by hand under DDP (DESIGN.md §6).
 
 DDP's reducer averages only gradients that go through ``backward``; the hyper step takes its gradients with
-``torch.autograd.grad``, so they are averaged here, in one flat all-reduce. Every function is the identity
-(or a no-op) when ``torch.distributed`` is not initialised or has one process.
+``torch.autograd.grad``, so they are averaged here, in one flat all-reduce, and the policy is kept out of
+DDP's reducer (`kept_out_of_ddp`). Every collective is the identity (or a no-op) when ``torch.distributed``
+is not initialised or has one process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["broadcast_", "mean_over_ranks", "set_grads"]
+__all__ = ["broadcast_", "kept_out_of_ddp", "mean_over_ranks", "set_grads"]
 
 
 def _world_size() -> int:
@@ -40,6 +41,17 @@ def broadcast_(tensors: Iterable[Tensor], src: int = 0) -> None:
     if _world_size() > 1:
         for tensor in tensors:
             dist.broadcast(tensor.data, src=src)
+
+
+def kept_out_of_ddp(policy: nn.Module, buffers: Iterable[str]) -> list[str]:
+    """The names for a LightningModule's ``_ddp_params_and_buffers_to_ignore``: the parameters and buffers of
+    its ``policy`` attribute (its gradient is the hypergradient, averaged by :func:`mean_over_ranks`, not by
+    DDP's reducer), then the module's own ``buffers``."""
+    return [
+        *(f"policy.{name}" for name, _ in policy.named_parameters()),
+        *(f"policy.{name}" for name, _ in policy.named_buffers()),
+        *buffers,
+    ]
 
 
 def set_grads(params: Sequence[nn.Parameter], flat: Tensor) -> None:

@@ -5,13 +5,15 @@ At fit start (:func:`start_policy`): rank 0's policy on every rank, each rank wi
 generator, and a class-conditional policy named by the datamodule's classes. In checkpoints, under the
 ``"madao"`` key (:func:`checkpoint_entry`, :func:`restore_checkpoint_entry`): the warm-up flag, the held-out
 stream's pass, the policy generator's state and the global RNG states (`madao_pl.rng`). The module's own
-hooks call these, so a user's plain ``Trainer`` resumes exactly without any callback.
+hooks call these (:class:`FitStateHooks`, a base class of the module), so a user's plain ``Trainer`` resumes
+exactly without any callback.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from madao_pl.augment import Policy
     from madao_pl.data.stream import BatchStream
 
-__all__ = ["checkpoint_entry", "restore_checkpoint_entry", "start_policy"]
+__all__ = ["FitStateHooks", "checkpoint_entry", "restore_checkpoint_entry", "start_policy"]
 
 
 def start_policy(
@@ -63,3 +65,36 @@ def restore_checkpoint_entry(entry: dict[str, Any], hyper_batches: BatchStream) 
     if "rng" in entry:
         set_rng_states(entry["rng"])
     return bool(entry.get("warmup_active", False)), entry.get("policy_generator_state")
+
+
+class FitStateHooks(pl.LightningModule):
+    """The hooks that call this module's functions: ``on_fit_start`` (:func:`start_policy`),
+    ``on_save_checkpoint`` and ``on_load_checkpoint`` (the checkpoint's ``"madao"`` entry).
+
+    The subclass sets ``policy`` (a `madao_pl.augment.Policy`), ``hyper_batches`` (the held-out
+    `madao_pl.data.stream.BatchStream`) and ``warmup_active``, as `madao_pl.module.MADAOModule` does.
+    """
+
+    policy: Policy
+    hyper_batches: BatchStream
+    warmup_active: bool
+    _generator_state: Tensor | None = None  # the policy generator's, from a checkpoint, until fit start
+
+    def on_fit_start(self) -> None:
+        """Start every rank from rank 0's policy, each rank with its own augmentation draws
+        (:func:`start_policy`)."""
+        start_policy(
+            self.policy, device=self.device, rank=self.global_rank,
+            datamodule=getattr(self._trainer, "datamodule", None), generator_state=self._generator_state,
+        )  # fmt: skip
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Besides the state_dict (network, policy, counters): warm-up phase, held-out stream, RNG states
+        (:func:`checkpoint_entry`)."""
+        checkpoint["madao"] = checkpoint_entry(self.warmup_active, self.hyper_batches, self.policy.generator)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Undo ``on_save_checkpoint`` (:func:`restore_checkpoint_entry`); a checkpoint without the entry
+        loads as a fresh start."""
+        entry = checkpoint.get("madao", {})
+        self.warmup_active, self._generator_state = restore_checkpoint_entry(entry, self.hyper_batches)

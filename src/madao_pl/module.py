@@ -10,8 +10,7 @@ differ only in the policy. Another task changes three methods, ``views`` (what t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -21,40 +20,27 @@ from torch.profiler import record_function
 
 from madao_pl.augment import Policy, cutout
 from madao_pl.data.stream import BatchStream, RecentBatches, hyper_dataloader
-from madao_pl.distributed import mean_over_ranks, set_grads
+from madao_pl.distributed import kept_out_of_ddp
 from madao_pl.evaluation import ClassifierEvaluation
-from madao_pl.fit_state import checkpoint_entry, restore_checkpoint_entry, start_policy
-from madao_pl.hyperstep import (
-    HyperStepConfig,
-    augment_batch,
-    check_integer,
-    check_network,
-    hyper_step,
-    trainable_parameters,
-)
+from madao_pl.fit_state import FitStateHooks
+from madao_pl.hyperstep import HyperStepConfig, augment_batch, check_integer, check_network, hyper_step
 from madao_pl.loggers import log_hyper_step
 from madao_pl.models import network_segments
+from madao_pl.optimizers import POLICY_OPTIMIZER, OptimizerFactory, OptimizerHooks, SchedulerFactory
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 COUNTERS = ("inner_step", "hyper_steps", "skipped_hyper_steps", "total_hvps")
 
 
-def _step(optimizer: torch.optim.Optimizer, module: nn.Module, flat_grad: Tensor) -> None:
-    """One step of ``optimizer`` with ``flat_grad`` as the gradient of ``module``'s trainable parameters."""
-    optimizer.zero_grad()
-    set_grads(trainable_parameters(module), flat_grad)
-    optimizer.step()
-
-
-class MADAOModule(ClassifierEvaluation):
+class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
     """Image classifier trained with a (learned or fixed) on-device augmentation policy.
 
     Each training step is one SGD step of ``net`` on the augmented batch. With a learnable policy, outside
     warm-up (``warmup_active``, set by `madao_pl.callbacks.WarmupCallback`), every ``inner_steps``-th step
     is a hyper step (`madao_pl.hyperstep.hyper_step`): the policy steps along the hypergradient and the
-    network along that step's ``df/dtheta``. Counters are buffers, so checkpoints carry them. Validation and
-    test are `madao_pl.evaluation.ClassifierEvaluation`'s (``val/loss``, ``val/error``, ``test/error``).
+    network along that step's ``df/dtheta``. Counters are buffers, so checkpoints carry them. The base classes
+    do the rest: validation and test (``val/loss``, ``val/error``, ``test/error``; `madao_pl.evaluation`),
+    the policy's start and the checkpoint's extras (`madao_pl.fit_state`), the optimisers and their steps
+    (`madao_pl.optimizers`).
 
     Args:
         net: the classifier; normalised ``(B, 3, H, W)`` images -> logits.
@@ -96,7 +82,7 @@ class MADAOModule(ClassifierEvaluation):
         self.automatic_optimization = False
         self.net, self.policy = net, policy
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.policy_optimizer_factory = policy_optimizer or partial(torch.optim.RMSprop, lr=1e-2)
+        self.policy_optimizer_factory = policy_optimizer or POLICY_OPTIMIZER
         self.cutout_size, self.inner_steps = cutout, inner_steps
         self.hyper = hyper if hyper is not None else HyperStepConfig()
         if self.hyper.segmented:
@@ -109,13 +95,7 @@ class MADAOModule(ClassifierEvaluation):
         self.hyper_batches = BatchStream(self._hyper_loader)  # a method, not a lambda: ddp_spawn pickles it
         self.recent_batches = RecentBatches(hyper_train_batches - 1)
         self._steps_since_warmup = 0  # the inner_step buffer's value, kept on the host (no sync per step)
-        self._generator_state: Tensor | None = None
-        # The policy's gradient is the hypergradient, reduced by hand: keep it out of DDP's reducer.
-        self._ddp_params_and_buffers_to_ignore = [
-            *(f"policy.{name}" for name, _ in policy.named_parameters()),
-            *(f"policy.{name}" for name, _ in policy.named_buffers()),
-            *COUNTERS,
-        ]
+        self._ddp_params_and_buffers_to_ignore = kept_out_of_ddp(policy, COUNTERS)
 
     @property
     def learns_policy(self) -> bool:
@@ -194,13 +174,7 @@ class MADAOModule(ClassifierEvaluation):
             self.net, self.policy, batch, val_batch, normalize=self.normalize, cutout_size=self.cutout_size,
             config=self.hyper, loss=self.training_loss, val_loss=self.validation_loss,
         )  # fmt: skip
-        with record_function("madao/optimizer_steps"):
-            network_grads, hypergrad = mean_over_ranks(result.network_grads, result.hypergrad)
-            net_opt, policy_opt = self._optimizers()
-            _step(net_opt, self.net, network_grads)
-            finite = bool(torch.isfinite(hypergrad).all())
-            if finite:
-                _step(policy_opt, self.policy, hypergrad)
+        hypergrad, finite = self.step_network_and_policy(result.network_grads, result.hypergrad)
         self.hyper_steps += 1
         self.total_hvps += result.info.hvps
         if not finite:
@@ -223,44 +197,13 @@ class MADAOModule(ClassifierEvaluation):
     def _hyper_loader(self) -> Iterable[Any]:
         return hyper_dataloader(self._trainer)
 
-    def _optimizers(self) -> list[Any]:
-        optimizers = self.optimizers()
-        return optimizers if isinstance(optimizers, list) else [optimizers]
-
     def on_train_epoch_start(self) -> None:
         self.hyper_batches.restart()
 
-    def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()  # configure_optimizers returns at most one
-        if scheduler is not None:
-            scheduler.step()
-
     def on_fit_start(self) -> None:
         """Check the held-out loader exists (not only after the warm-up), then start every rank from rank
-        0's policy, each with its own augmentation draws (`madao_pl.fit_state.start_policy`)."""
+        0's policy, each with its own augmentation draws (`madao_pl.fit_state.FitStateHooks`)."""
         if self.learns_policy:
             hyper_dataloader(self._trainer)
         self._steps_since_warmup = int(self.inner_step)
-        start_policy(
-            self.policy, device=self.device, rank=self.global_rank,
-            datamodule=getattr(self._trainer, "datamodule", None), generator_state=self._generator_state,
-        )  # fmt: skip
-
-    # ------------------------------------------------------------------ optimisers and checkpoints
-    def configure_optimizers(self) -> Any:
-        net_opt = self.optimizer_factory(trainable_parameters(self.net))
-        optimizers = (
-            [net_opt, self.policy_optimizer_factory(trainable_parameters(self.policy))]
-            if self.learns_policy
-            else [net_opt]
-        )
-        return optimizers, [] if self.scheduler_factory is None else [self.scheduler_factory(net_opt)]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Besides the state_dict (network, policy, counters): warm-up phase, held-out stream, RNG states
-        (`madao_pl.fit_state.checkpoint_entry`)."""
-        checkpoint["madao"] = checkpoint_entry(self.warmup_active, self.hyper_batches, self.policy.generator)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        entry = checkpoint.get("madao", {})
-        self.warmup_active, self._generator_state = restore_checkpoint_entry(entry, self.hyper_batches)
+        super().on_fit_start()

@@ -5,20 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+
+from madao_pl.evaluation import ClassifierEvaluation
 
 
-class LinearProbe(pl.LightningModule):
+class LinearProbe(ClassifierEvaluation):
     """A linear classifier on a frozen encoder's features, trained with SGD on the labelled training split.
 
     The encoder stays in eval mode with no gradient (its BatchNorm statistics frozen too); the training
     images come from the datamodule's training loader (its crop / flip). Logs ``probe/train_loss``,
-    ``probe/val_error``, and ``test/error`` from ``trainer.test``: the test error of the self-supervised task.
+    ``probe/val_error``, and ``test/error`` from ``trainer.test``: the test error of the self-supervised task
+    (the validation and test hooks are `madao_pl.evaluation.ClassifierEvaluation`'s).
 
     Args:
         encoder: normalised images ``(B, C, H, W)`` -> features ``(B, feature_dim)``.
@@ -43,7 +44,7 @@ class LinearProbe(pl.LightningModule):
         milestones: Sequence[int] = (60, 80),
         gamma: float = 0.1,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, val_prefix="probe/val_", val_loss=False, prog_bar=False)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones):
@@ -55,8 +56,6 @@ class LinearProbe(pl.LightningModule):
         self.milestones, self.gamma = list(milestones), gamma
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
-        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
     def train(self, mode: bool = True) -> LinearProbe:
         """Train mode for the classifier only: the frozen encoder stays in eval mode."""
@@ -74,20 +73,6 @@ class LinearProbe(pl.LightningModule):
         loss = F.cross_entropy(self(batch[0]), batch[1])
         self.log("probe/train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[1]))
         return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.val_accuracy.update(self(batch[0]), batch[1])
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("probe/val_error", 1.0 - self.val_accuracy.compute())
-        self.val_accuracy.reset()
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.test_accuracy.update(self(batch[0]), batch[1])
-
-    def on_test_epoch_end(self) -> None:
-        self.log("test/error", 1.0 - self.test_accuracy.compute())
-        self.test_accuracy.reset()
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(
