@@ -99,12 +99,16 @@ def test_affine_warp_rejects_bad_matrices():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_elementwise_grid_is_affine_grid_bit_for_bit(dtype):
-    """The no-grad warp builds the sampling grid without a batched product: the same bits on CPU."""
+    """The no-grad warp builds the sampling grid without a batched product: the same values as
+    ``affine_grid`` to the last bit or two (bit for bit on AVX2; an AVX512 CPU fuses the batched product's
+    multiply-adds, so there the two round differently by an ulp)."""
+    eps = torch.finfo(dtype).eps
     for height, width in ((32, 32), (9, 13), (1, 5), (3, 1), (64, 48)):
         for batch in (1, 7):
             theta = torch.randn(batch, 2, 3, generator=gen(height * width + batch), dtype=dtype)
             expected = nnf.affine_grid(theta, [batch, 3, height, width], align_corners=False)
-            assert torch.equal(_affine_grid(theta, height, width), expected)
+            got = _affine_grid(theta, height, width)
+            torch.testing.assert_close(got, expected, rtol=0, atol=8 * eps * float(theta.abs().sum(-1).max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -163,21 +167,29 @@ def test_fused_stage_equals_per_op_stage_without_grad(per_op, hard, monkeypatch)
     assert warps == [int(geometric.sum())]
 
 
+def _same_up_to_the_grid(cheap: torch.Tensor, graph: torch.Tensor, name: str) -> None:
+    """Equal, bit for bit where the two sampling grids are (AVX2); an ulp of the grid apart (AVX512, see
+    above) moves a bilinear sample by at most about 1e-6 of the image range."""
+    if not torch.equal(cheap, graph.detach()):
+        torch.testing.assert_close(cheap, graph.detach(), rtol=0, atol=1e-5, msg=name)
+
+
 def test_no_grad_values_equal_grad_values():
-    """The cheap path (Tensor.clamp, no straight-through terms, elementwise grid) changes no value."""
+    """The cheap path (Tensor.clamp, no straight-through terms, elementwise grid) changes no value beyond
+    the grid's last bit."""
     d = draws(42, seed=30)
     for op in OPERATIONS:
         x = d["images"].clone().requires_grad_(True)
         m = d["magnitude"].clone().requires_grad_(True)
         with torch.no_grad():
             cheap = op.fn(d["images"], d["magnitude"], d["sign"])
-        assert torch.equal(cheap, op.fn(x, m, d["sign"])), op.name
+        _same_up_to_the_grid(cheap, op.fn(x, m, d["sign"]), op.name)
     graph = apply_stage(*stage_args(d, with_grad(d)))
     with torch.no_grad():
         cheap = apply_stage(*stage_args(d))
         unit = apply_stage(*stage_args(d, {"scale": torch.ones(42)}))
         plain = apply_stage(*stage_args(d)[:5])
-    assert torch.equal(graph, cheap)
+    _same_up_to_the_grid(cheap, graph, "apply_stage")
     assert torch.equal(unit, plain)  # a scale of exactly 1 is skipped: the same values
 
 
