@@ -95,6 +95,18 @@ def test_tied_parameters_sum_over_segments():
     assert _rel(hvp, second_order_vjp(grads, params)(u)) <= 1e-12
 
 
+def test_a_first_segment_without_parameters():
+    """The Hessian product alone skips the first segment's input gradient, unless it has no parameters."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, labels = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    params = list(net.parameters())
+    u = [torch.randn_like(p) for p in params]
+    grads = torch.autograd.grad(F.cross_entropy(net(x), labels), params, create_graph=True)
+    hvp, _ = SegmentedProducts(list(net), params, x, labels)(u, inputs=False)
+    assert _rel(hvp, second_order_vjp(grads, params)(u)) <= 1e-12
+
+
 def test_segments_must_hold_every_trainable_parameter():
     net, images, labels, params, _ = _problem(_networks()["cnn"])
     with pytest.raises(ValueError, match="miss 2 of its"):

@@ -18,7 +18,7 @@ with no weight, so the whole tangent of the backward is three fused kernels and 
 :func:`closed_form_batch_norm` puts these in place of ``F.batch_norm`` for train-mode calls that use batch
 statistics without running ones (how :mod:`madao_pl.segmented` runs BatchNorm); any other call is left as
 it is. Reverse-over-reverse through the backward is not provided (it raises). Exactness:
-``tests/test_segmented.py`` compares with PyTorch's own derivatives in float64.
+``tests/test_batchnorm.py`` compares with PyTorch's own derivatives in float64.
 """
 
 from __future__ import annotations

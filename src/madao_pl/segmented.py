@@ -144,7 +144,7 @@ class SegmentedProducts:
                 segment = self.segments[index]
                 a_in, da_in = kept.pop()  # each boundary is freed once its segment is done
                 names, ps = self._trainable(segment)
-                wrt_x = inputs or index > 0
+                wrt_x = inputs or index > 0 or not ps  # a segment without parameters: its input only
 
                 def backward(
                     x: Tensor, cotangent: Tensor, *theta: Tensor, segment=segment, names=names, wrt_x=wrt_x
