@@ -10,8 +10,8 @@ Forms (:data:`FORMS`, :data:`MODELS`): ``full`` (the default on CUDA): WRN-28-2 
 32 px) and ResNet-50 (ImageNet preset, batch 64, 224 px), eager and ``torch.compile`` of the network, s = 30;
 ``quick`` (the default without CUDA, a check that it runs): WRN-28-2 at batch 8 and the small CNN, 32 px,
 s = 3; ``scaling``: WRN-28-2 at batch 64, 128, 256 and WRN-28-10 at 32, s = 3, one timed cycle. Per case
-(``augment=randaugment``, ``augment=madao`` with the default hyper settings): time per step (median over the
-timed whole cycles of s steps, / s, synchronised at every batch boundary); peak memory (CUDA:
+(:data:`AUGMENTS`: RandAugment; MADAO's default hyper step, and its ``segmented`` mode, eager only): time
+per step (median over the timed whole cycles of s steps, / s, synchronised at every batch boundary); peak memory (CUDA:
 ``max_memory_allocated`` over the timed cycles; CPU: ``ru_maxrss``, for ``scaling`` under
 :data:`~benchmarks.common.LIVE_MEMORY_ENV` so that the RSS follows the live tensors), also above the memory at
 ``on_train_start``; MADAO / RandAugment of the three. A failed case (compile, out of memory, timeout) keeps
@@ -26,6 +26,7 @@ benchmarks/results/scaling.json`` (12 minutes on 2 CPU cores).
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import sys
@@ -43,8 +44,16 @@ from benchmarks import common
 from benchmarks.report import gpu_table, scaling_table
 from madao_pl.run import build
 
-AUGMENTS = ("randaugment", "madao")
-"""The two policies compared; the ratios are the second over the first."""
+AUGMENTS: dict[str, list[str]] = {
+    "randaugment": ["augment=randaugment"],
+    "madao": ["augment=madao"],
+    "madao_segmented": ["augment=madao", "augment.hyper.segmented=true"],
+}
+"""The cases' policies as config overrides: RandAugment, then MADAO's two exact hyper-step modes (the default
+kept graph; ``segmented``: one block's activations at a time). Each ratio is one MADAO mode's over
+RandAugment's. The segmented mode splits the network into its blocks, which a ``torch.compile`` wrapper
+hides: it runs eager only (:data:`EAGER_ONLY`)."""
+EAGER_ONLY = {"madao_segmented"}
 MODELS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "wrn28_2": {"dataset": "cifar10", "model": "wrn28_2", "batch": 128},
@@ -108,7 +117,7 @@ def compose_case(spec: dict[str, Any]) -> DictConfig:
         [
             f"dataset={spec['dataset']}",
             f"model={spec['model']}",
-            f"augment={spec['augment']}",
+            *AUGMENTS[spec["augment"]],
             f"augment.inner_steps={spec['inner_steps']}",
             "augment.warmup_epochs=0",
             f"dataset.datamodule.batch_size={spec['batch']}",
@@ -199,22 +208,25 @@ def case_specs(form: str, settings: dict[str, Any], device: str, threads: int, w
         for compiled in settings["compile"]
         for key, choice in MODELS[form].items()
         for augment in AUGMENTS
+        if not (compiled and augment in EAGER_ONLY)
     }
 
 
 def ratios(cases: dict[str, dict[str, Any]], form: str) -> dict[str, dict[str, Any]]:
-    """Per model and compile setting: MADAO / RandAugment of each :data:`RATIO_KEYS` metric, or why not."""
+    """Per MADAO case (by its name: model, compile setting, mode): MADAO / RandAugment of each
+    :data:`RATIO_KEYS` metric, or why not."""
     result: dict[str, dict[str, Any]] = {}
-    for compiled in FORMS[form]["compile"]:
-        for key in MODELS[form]:
-            pair = [cases[case_name(key, compiled, augment)] for augment in AUGMENTS]
-            failed = [f"{row['augment']}: {row['error']}" for row in pair if "error" in row]
-            name = f"{key}/{'compiled' if compiled else 'eager'}"
-            if failed:
-                result[name] = {"error": "; ".join(failed)}
-                continue
-            base, madao = pair
-            result[name] = {ratio: madao[field] / base[field] for ratio, field in RATIO_KEYS.items()}
+    base_name, *modes = AUGMENTS
+    for compiled, key, mode in itertools.product(FORMS[form]["compile"], MODELS[form], modes):
+        if (name := case_name(key, compiled, mode)) not in cases:
+            continue
+        base = cases[case_name(key, compiled, base_name)]
+        failed = [f"{row['augment']}: {row['error']}" for row in (base, cases[name]) if "error" in row]
+        result[name] = (
+            {"error": "; ".join(failed)}
+            if failed
+            else {ratio: cases[name][field] / base[field] for ratio, field in RATIO_KEYS.items()}
+        )
     return result
 
 
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             **settings,
             "models": MODELS[form],
-            "augments": list(AUGMENTS),
+            "augments": AUGMENTS,
             "hyper": "augment.hyper's defaults (madao_pl.hyperstep.HyperStepConfig)",
             "timing": "median over whole cycles of s steps (the last one MADAO's hyper step) / s, after "
             "the warm-up cycles; synchronised at every batch boundary",

@@ -382,19 +382,22 @@ def gpu_table(report: dict[str, Any]) -> str:
 
 
 def scaling_table(report: dict[str, Any]) -> str:
-    """Per model and batch of the scaling form: each policy's memory above set-up, MADAO / RandAugment of it,
-    of the whole peak and of the time per step."""
+    """Per model, batch and MADAO mode of the scaling form: the memory above set-up of RandAugment's case and
+    of MADAO's, MADAO / RandAugment of it, of the whole peak and of the time per step."""
     rows = []
     for key, choice in report["settings"]["models"].items():
-        ra, madao = (report["cases"][f"{key}/eager/{augment}"] for augment in ("randaugment", "madao"))
-        ratio = report["ratios"][f"{key}/eager"]
-        rows.append([
-            f"`{choice['model']}`", str(choice["batch"]), fmt(ra.get("parameters", 0) / 1e6, 1),
-            *(fmt(r.get("peak_above_setup_mb"), 0) for r in (ra, madao)),
-            *(fmt(ratio.get(k)) for k in ("peak_above_setup", "peak", "time_per_step")),
-        ])  # fmt: skip
+        ra = report["cases"][f"{key}/eager/randaugment"]
+        for name, ratio in report["ratios"].items():
+            if not name.startswith(f"{key}/eager/"):
+                continue
+            rows.append([
+                f"`{choice['model']}`", str(choice["batch"]), fmt(ra.get("parameters", 0) / 1e6, 1),
+                f"`{name.rsplit('/', 1)[1]}`",
+                *(fmt(r.get("peak_above_setup_mb"), 0) for r in (ra, report["cases"][name])),
+                *(fmt(ratio.get(k)) for k in ("peak_above_setup", "peak", "time_per_step")),
+            ])  # fmt: skip
     unit = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB"
-    header = ["model", "batch", "M params", f"RA above set-up {unit}", f"MADAO above set-up {unit}"]
+    header = ["model", "batch", "M params", "MADAO", f"RA above set-up {unit}", f"MADAO above set-up {unit}"]
     return markdown_table([*header, "above set-up ratio", "peak ratio", "time ratio"], rows)
 
 
@@ -407,7 +410,8 @@ def gpu_body(report: dict[str, Any]) -> list[str]:
     s, out = report["settings"], [" ".join(notes), ""]
     if report["form"] == "scaling":
         out += [
-            f"MADAO (default hyper settings) / RandAugment (RA), s = {s['inner_steps']}, "
+            f"MADAO (default hyper settings; `madao_segmented`: `augment.hyper.segmented=true`) / "
+            f"RandAugment (RA), s = {s['inner_steps']}, "
             f"{s['warmup_cycles']} warm-up and {s['cycles']} timed cycle(s); above set-up: the peak minus "
             "the memory at `on_train_start`.", "", scaling_table(report), "", "Every case:", "",
         ]  # fmt: skip

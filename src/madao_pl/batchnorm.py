@@ -14,7 +14,10 @@ and the operator ``P(z) = z - mean(z) - x_hat mean(x_hat z)``, self-adjoint unde
   ``dggamma = sum (dg x_hat + g dx_hat)``, ``dgbeta = sum dg``.
 
 ``r P(z)`` (with ``sum z x_hat`` and ``sum z``) is one call of ATen's fused ``native_batch_norm_backward``
-with no weight, so the whole tangent of the backward is three fused kernels and a few elementwise ops.
+with no weight, so the whole tangent of the backward is three fused kernels and a few elementwise ops. The
+forward's statistics ``mean`` and ``r`` (one fused ``native_batch_norm``) are kept and passed on to the
+backward, and the backward keeps ``r P(g)`` for its tangent: no statistic is reduced twice, and ``x_hat`` is
+one elementwise kernel where a tangent needs it.
 :func:`closed_form_batch_norm` puts these in place of ``F.batch_norm`` for train-mode calls that use batch
 statistics without running ones (how :mod:`madao_pl.segmented` runs BatchNorm); any other call is left as
 it is. Reverse-over-reverse through the backward is not provided (it raises). Exactness:
@@ -35,14 +38,14 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["closed_form_batch_norm"]
 
 
-def _normalised(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x_hat, mean, r)`` of ``x`` ``(B, C, ...)`` by one fused ATen kernel; ``mean``, ``r``: ``(C,)``."""
-    return torch.ops.aten.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
-
-
 def _channel(v: Tensor, x: Tensor) -> Tensor:
     """``(C,)`` -> ``(1, C, 1, ...)`` broadcastable against ``x``."""
     return v.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _x_hat(x: Tensor, mean: Tensor, r: Tensor) -> Tensor:
+    """``x_hat = (x - mean) r = x r - mean r``: one fused elementwise kernel from the kept statistics."""
+    return torch.addcmul(_channel(-mean * r, x), x, _channel(r, x))
 
 
 def _project(
@@ -61,25 +64,31 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _BatchNormBackward(torch.autograd.Function):
-    """``(g, x, gamma) -> (gx, ggamma, gbeta)``: train-mode BatchNorm's backward, with its tangent."""
+    """``(g, x, gamma; mean, r) -> (gx, ggamma, gbeta; r P(g))``: train-mode BatchNorm's backward, with its
+    tangent. ``mean`` and ``r`` are the forward's statistics of ``x``, passed in so that they are not
+    reduced again: the tangent takes their dependence on ``x`` through ``dx`` (it ignores theirs), and the
+    last output, kept for the tangent, has none."""
 
     @staticmethod
-    def forward(g: Tensor, x: Tensor, gamma: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-        _, mean, r = _normalised(x, eps)
-        return _project(g, x, mean, r, eps, gamma)
+    def forward(
+        g: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, r: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        rpg, ggamma, gbeta = _project(g, x, mean, r, eps)
+        return rpg * _channel(gamma, x), ggamma, gbeta, rpg
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        g, x, gamma, eps = inputs
-        ctx.save_for_forward(g, x, gamma)
+        g, x, gamma, mean, r, eps = inputs
+        _, ggamma, _, rpg = output
+        ctx.mark_non_differentiable(rpg)
+        ctx.save_for_forward(g, x, gamma, mean, r, ggamma, rpg)
         ctx.eps = eps
 
     @staticmethod
-    def jvp(ctx: Any, dg: Tensor, dx: Tensor, dgamma: Tensor, _: None) -> tuple[Tensor, Tensor, Tensor]:
-        g, x, gamma = ctx.saved_tensors
+    def jvp(ctx: Any, dg: Tensor, dx: Tensor, dgamma: Tensor, *_: Any) -> tuple[Tensor, Tensor, Tensor, None]:
+        g, x, gamma, mean, r, gx_hat, rpg = ctx.saved_tensors
         eps, n = ctx.eps, x.numel() // x.shape[1]
-        x_hat, mean, r = _normalised(x, eps)
-        rpg, gx_hat, _ = _project(g, x, mean, r, eps)
+        x_hat = _x_hat(x, mean, r)
         rpdg, dgx_hat, dgsum = _project(dg, x, mean, r, eps)
         dx_hat, dxx_hat, _ = _project(dx, x, mean, r, eps)
         g_dx_hat = _dot(g, dx_hat)
@@ -88,7 +97,7 @@ class _BatchNormBackward(torch.autograd.Function):
         dgx.addcmul_(rpdg, _channel(gamma, x))
         dgx.addcmul_(dx_hat, _channel(-gamma * r * gx_hat / n, x))
         dgx.addcmul_(x_hat, _channel(-gamma * r * g_dx_hat / n, x))
-        return dgx, dgx_hat + g_dx_hat, dgsum
+        return dgx, dgx_hat + g_dx_hat, dgsum, None
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> None:
@@ -99,32 +108,34 @@ class _BatchNormBackward(torch.autograd.Function):
 
 
 class _BatchNorm(torch.autograd.Function):
-    """``(x, gamma, beta) -> y``: train-mode BatchNorm on batch statistics, with closed-form derivatives."""
+    """``(x, gamma, beta) -> (y; mean, r)``: train-mode BatchNorm on batch statistics, with closed-form
+    derivatives; the statistics (no derivatives) are kept for them."""
 
     @staticmethod
-    def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
-        return F.batch_norm(x, None, None, gamma, beta, True, 0.0, eps)
+    def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.ops.aten.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         x, gamma, _, eps = inputs
-        ctx.save_for_backward(x, gamma)
-        ctx.save_for_forward(x, gamma)
+        _, mean, r = output
+        ctx.mark_non_differentiable(mean, r)
+        ctx.save_for_backward(x, gamma, mean, r)
+        ctx.save_for_forward(x, gamma, mean, r)
         ctx.eps = eps
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        x, gamma = ctx.saved_tensors
-        gx, ggamma, gbeta = _BatchNormBackward.apply(g, x, gamma, ctx.eps)
+    def backward(ctx: Any, g: Tensor, *_: Any) -> tuple[Tensor, Tensor, Tensor, None]:
+        x, gamma, mean, r = ctx.saved_tensors
+        gx, ggamma, gbeta, _ = _BatchNormBackward.apply(g, x, gamma, mean, r, ctx.eps)
         return gx, ggamma, gbeta, None
 
     @staticmethod
-    def jvp(ctx: Any, dx: Tensor, dgamma: Tensor, dbeta: Tensor, _: None) -> Tensor:
-        x, gamma = ctx.saved_tensors
-        x_hat, mean, r = _normalised(x, ctx.eps)
+    def jvp(ctx: Any, dx: Tensor, dgamma: Tensor, dbeta: Tensor, _: None) -> tuple[Tensor, None, None]:
+        x, gamma, mean, r = ctx.saved_tensors
         dy = _project(dx, x, mean, r, ctx.eps, gamma)[0]
-        dy.addcmul_(x_hat, _channel(dgamma, x))
-        return dy.add_(_channel(dbeta, x))
+        dy.addcmul_(_x_hat(x, mean, r), _channel(dgamma, x))
+        return dy.add_(_channel(dbeta, x)), None, None
 
 
 _BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
@@ -143,7 +154,7 @@ class _ClosedForm(TorchFunctionMode):
             if batch_statistics and affine and bound.get("training"):
                 return _BatchNorm.apply(
                     bound["input"], bound["weight"], bound["bias"], bound.get("eps", 1e-5)
-                )
+                )[0]
         return func(*args, **kwargs)
 
 
