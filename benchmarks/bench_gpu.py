@@ -11,8 +11,8 @@ Forms (:data:`FORMS`, :data:`MODELS`): ``full`` (the default on CUDA): WRN-28-2 
 ``quick`` (the default without CUDA, a check that it runs): WRN-28-2 at batch 8 and the small CNN, 32 px,
 s = 3; ``scaling``: WRN-28-2 at batch 64, 128, 256 and WRN-28-10 at 32, s = 3, one timed cycle. Per case
 (:data:`AUGMENTS`: RandAugment; MADAO's default hyper step, and its ``segmented`` mode, eager only): time
-per step (median over the timed whole cycles of s steps, / s, synchronised at every batch boundary); peak memory (CUDA:
-``max_memory_allocated`` over the timed cycles; CPU: ``ru_maxrss``, for ``scaling`` under
+per step (median over the timed whole cycles of s steps, / s, synchronised at every batch boundary);
+peak memory (CUDA: ``max_memory_allocated`` over the timed cycles; CPU: ``ru_maxrss``, for ``scaling`` under
 :data:`~benchmarks.common.LIVE_MEMORY_ENV` so that the RSS follows the live tensors), also above the memory at
 ``on_train_start``; MADAO / RandAugment of the three. A failed case (compile, out of memory, timeout) keeps
 its error and the others go on. Each case is built from the real Hydra configs as ``python -m madao_pl.run``
