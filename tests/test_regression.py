@@ -81,7 +81,9 @@ def problem():
     return net, policy, (images, labels), (val_images, val_labels)
 
 
-def _assert_close(new, old, rtol: float = 1e-6) -> None:
+def _assert_close(new, old, rtol: float = 2e-6) -> None:
+    """Relative distance below ``rtol``: 2e-6, as kernels of one instruction set still round differently
+    between machines (the large-alpha Neumann case measured 1.58e-6 on an AVX512 machine, code unchanged)."""
     new = torch.cat([t.reshape(-1) for t in new])
     old = torch.cat([t.reshape(-1) for t in old])
     assert float((new - old).norm() / old.norm()) < rtol
