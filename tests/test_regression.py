@@ -6,14 +6,16 @@ shear-origin change and before the redesign: the hyper step's hypergradient, net
 product count and BatchNorm buffers for five settings (float64), the augmented images, and a 4-epoch digits
 fit (test error, validation error, hyper steps, learned policy).
 
-The fit is float32 and chaotic: a different kernel's rounding changes its test error. It was re-recorded
-(``fit`` and ``fit_environment`` only, on the code that had passed against the first recording) when a new
-environment gave another test error with the same hyper steps and products; the other parts are unchanged.
-ATen picks its CPU kernels by the CPU's instruction set (``torch.backends.cpu.get_cpu_capability()``), and
-an AVX512 machine rounds differently from the AVX2 one of the recording (hypergradient 1.6e-6 relative,
-images no longer bit-equal, another fit): ``by_cpu_capability`` holds a record per instruction set, the
-AVX512 one taken by ``tests/data/record_regression.py``'s computations on the code after the redesign
-(whose outputs on AVX2 matched the first recording).
+The fit is float32 and chaotic: a different kernel's rounding changes its test error and its learned
+policy (by 0.13 in a probability between two AVX512 machines). ATen and oneDNN pick their CPU kernels by
+more than the instruction set that ``torch.backends.cpu.get_cpu_capability()`` names: two AVX512 machines
+(of one torch build) give hypergradients 1.6e-6 apart, augmented images one ulp apart and fits of test
+error 0.66 and 0.70. So the float64 parts are compared to those tolerances, and the fit to what does not
+depend on rounding: its hyper steps and Hessian products (the schedule, against the record) and its
+reproducibility (a second fit in the same process repeats the first bit for bit). ``by_cpu_capability``
+holds the AVX512 record that ``tests/data/record_regression.py``'s computations took on the code after the
+redesign (whose outputs on AVX2 matched the first recording); its ``fit`` test error is history, not a
+check.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def test_augmented_images_are_unchanged(recorded):
     relaxed = policy(images, generator=torch.Generator().manual_seed(POLICY_SEED)).detach()
     torch.manual_seed(GLOBAL_SEED)
     old = recorded["augment"]
-    assert torch.equal(hard, old["hard"])
+    torch.testing.assert_close(hard, old["hard"], rtol=0, atol=1e-12)
     torch.testing.assert_close(relaxed, old["relaxed"], rtol=0, atol=1e-12)
     assert torch.equal(cutout(images, CUTOUT), old["cutout"])
 
@@ -138,16 +140,13 @@ def fit_environment() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_digits_fit_is_unchanged(recorded, tmp_path):
-    results = train(compose_config(tmp_path, *TINY, *FIT))
+    first = train(compose_config(tmp_path / "first", *TINY, *FIT))
     old = recorded["fit"]
-    where = f"recorded with {recorded.get('fit_environment')}, running with {fit_environment()}"
-    assert results["test_error"] == old["test_error"], where
-    assert results["val_error"] == old["val_error"], where
-    assert results["hyper_steps"] == old["hyper_steps"]
-    assert results["hvps"] == old["hvps"]
-    for new_stage, old_stage in zip(results["policy"]["stages"], old["policy"]["stages"], strict=True):
-        for op, values in old_stage.items():
-            for key, value in values.items():
-                new_key = "apply" if key == "probability" else key
-                if value is not None:
-                    assert abs(new_stage[op][new_key] - value) < 1e-6, (op, key)
+    assert first["hyper_steps"] == old["hyper_steps"]
+    assert first["hvps"] == old["hvps"]
+    second = train(compose_config(tmp_path / "second", *TINY, *FIT))
+    where = f"running with {fit_environment()}"
+    for key in ("test_error", "val_error", "policy"):
+        assert second[key] == first[key], (key, where)
+    moved = [abs(values["apply"] - 0.5) for stage in first["policy"]["stages"] for values in stage.values()]
+    assert max(moved) > 0.01, "the hyper steps left the policy at its initial apply probability (0.5)"
