@@ -3,8 +3,12 @@ gradients (autograd checks and the straight-through estimators), directions and 
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
 import pytest
 import torch
 import torch.nn.functional as nnf
@@ -269,8 +273,19 @@ def test_invert_and_autocontrast_match_torchvision(real_u8):
     assert torch.equal(get_operation("AutoContrast").fn(flat, ones, ones)[0, 1], flat[0, 1])
 
 
-def test_equalize_matches_torchvision(real_u8, ramp_u8):
-    """Exactly torchvision's uint8 result on 8-bit images; on continuous images, its float result."""
+def _pil_equalize(images_u8: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.equalize`` per image and channel (an 8-bit 'L' image each): the reference
+    independent of torchvision, which the op calls."""
+    out = torch.empty_like(images_u8)
+    for n, c in itertools.product(range(images_u8.shape[0]), range(images_u8.shape[1])):
+        plane = PIL.Image.fromarray(images_u8[n, c].numpy())  # 2-D uint8: mode "L"
+        out[n, c] = torch.from_numpy(np.asarray(PIL.ImageOps.equalize(plane)).copy())
+    return out
+
+
+def test_equalize_matches_pil_and_torchvision(real_u8, ramp_u8):
+    """Exactly PIL's (and torchvision's) uint8 result on 8-bit images; on continuous images, torchvision's
+    float result."""
     op = get_operation("Equalize")
     skewed = (_float(real_u8[1]) ** 3 * 255).round().to(torch.uint8)  # dark, far from equalised
     for images_u8 in [*real_u8, ramp_u8, skewed]:
@@ -278,6 +293,7 @@ def test_equalize_matches_torchvision(real_u8, ramp_u8):
         out = _call(op, x, 0.0)
         ref = TF.equalize(images_u8)
         assert torch.equal(_to_u8(out), ref)
+        assert torch.equal(_to_u8(out), _pil_equalize(images_u8))
         torch.testing.assert_close(out, ref.float() / 255.0, atol=1e-6, rtol=0)
     assert not torch.equal(TF.equalize(skewed), skewed)  # the check above is not about the identity
     continuous = torch.rand(3, 3, 13, 17, generator=torch.Generator().manual_seed(3)) ** 2

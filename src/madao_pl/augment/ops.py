@@ -40,8 +40,8 @@ returns a zero gradient there, which would cut the gradient of many real pixels.
 nothing (grad mode off, or no input requires grad) the ops take the cheap path: ``Tensor.clamp``, and no
 straight-through term (``soft - soft.detach()``, 0 in value); the values are the same.
 
-Library use: Equalize calls torchvision's batched uint8 ``equalize`` (PIL's lookup table), exact on 8-bit
-levels and faster on small batches than ``kornia.enhance.equalize`` (which scales the float levels).
+Library use: Equalize calls torchvision's batched uint8 ``equalize`` (PIL's lookup table, exact on 8-bit
+levels; ``test_equalize_matches_pil_and_torchvision`` checks it against PIL itself).
 The blends are written out because kornia's versions differ where it matters here: its ``sharpness`` and
 ``adjust_brightness_accumulative`` give the same values but clamp with ``Tensor.clamp`` (zero gradient on
 the bounds), its ``adjust_saturation_with_gray_subtraction`` / ``adjust_contrast_with_mean_subtraction``
