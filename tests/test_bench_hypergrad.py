@@ -30,7 +30,9 @@ def test_statistics_of_identical_and_opposite_draws() -> None:
 
 def test_tiny_run_writes_every_part_and_renders(tmp_path: Path, single_thread: None) -> None:
     out = tmp_path / "hypergrad.json"
+    # batch 16: every draw (up to 16 Gumbel-Rao samples of 8 batches) on a quarter of the default batch
     tiny = ["dataset.epochs=2", "augment.warmup_epochs=1", "dataset.datamodule.limit_train=300"]
+    tiny.append("dataset.datamodule.batch_size=16")
     argv = [
         "--out",
         str(out),
