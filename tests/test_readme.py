@@ -60,3 +60,15 @@ def test_the_example_starts_where_augment_madao_starts(tmp_path: Path) -> None:
     assert printed, "the example no longer builds the policy with augment=madao's start"
     cfg = compose_config(tmp_path, "augment=madao")
     assert float(printed.group(1)) == cfg.augment.policy.init_probability
+
+
+def test_the_layout_names_every_module() -> None:
+    """The README's layout names each module of the package's top level and of benchmarks/, and each
+    subpackage folder: a new file cannot go unmentioned."""
+    layout = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    root = README.parent
+    modules = [p for folder in ("src/madao_pl", "benchmarks") for p in sorted((root / folder).glob("*.py"))]
+    missing = [str(p.relative_to(root)) for p in modules if p.name != "__init__.py" and p.name not in layout]
+    packages = [p for p in sorted((root / "src/madao_pl").iterdir()) if (p / "__init__.py").is_file()]
+    missing += [f"{p.relative_to(root)}/" for p in packages if f"src/madao_pl/{p.name}/" not in layout]
+    assert not missing, f"README.md's layout section does not name {missing}"
