@@ -10,7 +10,8 @@ Forms (:data:`FORMS`, :data:`MODELS`): ``full`` (the default on CUDA): WRN-28-2 
 32 px) and ResNet-50 (ImageNet preset, batch 64, 224 px), eager and ``torch.compile`` of the network, s = 30;
 ``quick`` (the default without CUDA, a check that it runs): WRN-28-2 at batch 8 and the small CNN, 32 px,
 s = 3; ``scaling``: WRN-28-2 at batch 64, 128, 256 and WRN-28-10 at 32, s = 3, one timed cycle. Per case
-(:data:`AUGMENTS`: RandAugment; MADAO's default hyper step, and its ``segmented`` mode, eager only): time
+(:data:`AUGMENTS`: RandAugment; MADAO's default hyper step, and its ``segmented`` mode; both under
+bf16-mixed; segmented and bf16 eager only, not in ``scaling``): time
 per step (median over the timed whole cycles of s steps, / s, synchronised at every batch boundary);
 peak memory (CUDA: ``max_memory_allocated`` over the timed cycles; CPU: ``ru_maxrss``, for ``scaling`` under
 :data:`~benchmarks.common.LIVE_MEMORY_ENV` so that the RSS follows the live tensors), also above the memory at
@@ -44,16 +45,22 @@ from benchmarks import common
 from benchmarks.report import gpu_table, scaling_table
 from madao_pl.run import build
 
+BF16 = ["trainer.precision=bf16-mixed"]
 AUGMENTS: dict[str, list[str]] = {
     "randaugment": ["augment=randaugment"],
     "madao": ["augment=madao"],
     "madao_segmented": ["augment=madao", "augment.hyper.segmented=true"],
+    "randaugment_bf16": ["augment=randaugment", *BF16],
+    "madao_bf16": ["augment=madao", *BF16],
 }
-"""The cases' policies as config overrides: RandAugment, then MADAO's two exact hyper-step modes (the default
-kept graph; ``segmented``: one block's activations at a time). Each ratio is one MADAO mode's over
-RandAugment's. The segmented mode splits the network into its blocks, which a ``torch.compile`` wrapper
-hides: it runs eager only (:data:`EAGER_ONLY`)."""
-EAGER_ONLY = {"madao_segmented"}
+"""The cases' policies (and precision) as config overrides: RandAugment, MADAO's two exact hyper-step modes
+(the default kept graph; ``segmented``: one block's activations at a time), and both under bf16-mixed (the
+inner steps' network in bfloat16 autocast; the augmentation and the hyper step in float32). Each MADAO case
+is divided by the RandAugment case of its precision (:data:`BASELINES`). The segmented mode splits the
+network into its blocks, which a ``torch.compile`` wrapper hides, and bf16 is measured eager:
+:data:`EAGER_ONLY`."""
+BASELINES = {"madao": "randaugment", "madao_segmented": "randaugment", "madao_bf16": "randaugment_bf16"}
+EAGER_ONLY = {"madao_segmented", "randaugment_bf16", "madao_bf16"}
 MODELS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "wrn28_2": {"dataset": "cifar10", "model": "wrn28_2", "batch": 128},
@@ -73,8 +80,13 @@ and Cutout come from the data set's preset."""
 FORMS = {
     "full": {"inner_steps": 30, "warmup_cycles": 1, "cycles": 3, "compile": [False, True], "timeout_s": 240},
     "quick": {"inner_steps": 3, "warmup_cycles": 1, "cycles": 2, "compile": [False], "timeout_s": 240},
-    "scaling": {"inner_steps": 3, "warmup_cycles": 1, "cycles": 1, "compile": [False], "timeout_s": 1800},
-}
+    "scaling": {
+        "inner_steps": 3, "warmup_cycles": 1, "cycles": 1, "compile": [False], "timeout_s": 1800,
+        "augments": ["randaugment", "madao", "madao_segmented"],
+    },
+}  # fmt: skip
+"""Per form: s, warm-up and timed cycles, compile settings, a case's timeout; ``augments``: a subset of
+:data:`AUGMENTS` (default all; the scaling form's memory is float32's)."""
 CPU_SCALING = {"warmup_cycles": 0}
 """``scaling`` on CPU: no warm-up cycle (WRN-28-10's hyper step takes minutes; the RSS peak includes the
 warm-up anyway), so the time ratio is a cold cycle's."""
@@ -82,11 +94,13 @@ SEED, CPU_THREADS = 0, 1
 """``CPU_THREADS``: torch threads of a CPU case, as in bench_cost; also the only count a forked child may use
 once its parent has run OpenMP threads (with more, libgomp deadlocks in the child)."""
 MATMUL_PRECISION = "high"  # what madao_pl.run sets: TF32 matrix products on GPUs that have them
-BF16 = "not supported by the hyper step (float32 only)"
+BF16_NOTE = (
+    "the *_bf16 cases: trainer.precision=bf16-mixed, the inner steps in bfloat16, the hyper step float32"
+)
 BF16_DETAIL = (
-    "madao_pl has no mixed-precision path: trainer.precision is 32-true and neither MADAOModule nor "
-    "hyper_step uses autocast; the Neumann series' correction (alpha |Hv| / |v| ~ 1e-3) is below bf16's "
-    "resolution (~4e-3), so no bf16 case is measured"
+    "under bf16-mixed MADAOModule turns autocast off for the augmentation and the whole hyper step, so the "
+    "hypergradient is the float32 one (the Neumann series' correction, alpha |Hv| / |v| ~ 1e-3, is below "
+    "bf16's resolution, ~4e-3); 16-mixed, 16-true and bf16-true are refused for a learned policy"
 )
 NOTES = {
     ("quick", "cpu"): "CPU reduced form (tiny sizes, s = 3, no compile, peak RSS instead of CUDA memory): it "
@@ -147,6 +161,7 @@ def _fit(spec: dict[str, Any], record: dict[str, Any]) -> None:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=[recorder], max_epochs=1, **common.QUIET_TRAINER, _convert_="object"
     )
+    record["precision"] = trainer.precision
     data = common.SyntheticData(spec["batch"], length, size, classes, SEED, device)
     try:
         trainer.fit(module, datamodule=data)
@@ -207,20 +222,19 @@ def case_specs(form: str, settings: dict[str, Any], device: str, threads: int, w
         }
         for compiled in settings["compile"]
         for key, choice in MODELS[form].items()
-        for augment in AUGMENTS
+        for augment in settings.get("augments", AUGMENTS)
         if not (compiled and augment in EAGER_ONLY)
     }
 
 
 def ratios(cases: dict[str, dict[str, Any]], form: str) -> dict[str, dict[str, Any]]:
-    """Per MADAO case (by its name: model, compile setting, mode): MADAO / RandAugment of each
-    :data:`RATIO_KEYS` metric, or why not."""
+    """Per MADAO case (by its name: model, compile setting, mode): MADAO / RandAugment (of the same precision:
+    :data:`BASELINES`) of each :data:`RATIO_KEYS` metric, or why not."""
     result: dict[str, dict[str, Any]] = {}
-    base_name, *modes = AUGMENTS
-    for compiled, key, mode in itertools.product(FORMS[form]["compile"], MODELS[form], modes):
+    for compiled, key, mode in itertools.product(FORMS[form]["compile"], MODELS[form], BASELINES):
         if (name := case_name(key, compiled, mode)) not in cases:
             continue
-        base = cases[case_name(key, compiled, base_name)]
+        base = cases[case_name(key, compiled, BASELINES[mode])]
         failed = [f"{row['augment']}: {row['error']}" for row in (base, cases[name]) if "error" in row]
         result[name] = (
             {"error": "; ".join(failed)}
@@ -260,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "form": form,
         "note": NOTES.get((form, device)),
-        "bf16": BF16,
+        "bf16": BF16_NOTE,
         "bf16_detail": BF16_DETAIL,
         "settings": {
             **settings,

@@ -487,6 +487,13 @@ def test_cli_bad_value_is_one_line(tmp_path: Path) -> None:
     assert lines == ["error: augment.inner_steps=0 is invalid: inner_steps must be an integer >= 1, got 0"]
 
 
+def test_a_precision_that_cannot_train_the_policy_names_the_key(tiny_cfg) -> None:
+    """16-bit parameters under a learned policy: refused before fitting, naming trainer.precision and the
+    precisions that work."""
+    with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-true: .*use one of 32-true, 64-true"):
+        train(tiny_cfg("trainer.precision=bf16-true"))
+
+
 def test_missing_dataset_directory_names_path_and_download_flag(tiny_cfg, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(DatasetNotFoundError) as raised:

@@ -18,21 +18,22 @@ def test_cpu_reduced_form_end_to_end(tmp_path: Path) -> None:
     assert bench_gpu.main(["--device", "cpu", "--quick", "--out", str(out), "--work-dir", str(tmp_path)]) == 0
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["form"] == "quick" and report["device_name"] is None
-    assert "await a CUDA machine" in report["note"] and report["bf16"] == bench_gpu.BF16
+    assert "await a CUDA machine" in report["note"] and report["bf16"] == bench_gpu.BF16_NOTE
     assert {"date", "command", "machine", "torch", "cuda", "settings", "wall_s"} <= set(report)
     models, form = bench_gpu.MODELS["quick"], bench_gpu.FORMS["quick"]
     names = [bench_gpu.case_name(model, False, augment) for model in models for augment in bench_gpu.AUGMENTS]
-    assert list(report["cases"]) == names and len(names) == 3 * len(models)
+    assert list(report["cases"]) == names and len(names) == 5 * len(models)
     for name, row in report["cases"].items():
         assert "error" not in row, (name, row.get("error"))
         for key in ("time_per_step_s", "inner_step_s_median", "setup_memory_mb", "peak_mb"):
             assert math.isfinite(row[key]) and row[key] > 0, (name, key, row[key])
         assert row["peak_above_setup_mb"] >= 0 and len(row["cycle_s"]) == form["cycles"]
-        learns = row["augment"] != "randaugment"
+        learns = row["augment"].startswith("madao")
+        assert row["precision"] == ("bf16-mixed" if row["augment"].endswith("_bf16") else "32-true"), name
         assert row["hyper_steps"] == (form["warmup_cycles"] + form["cycles"] if learns else 0)
         assert len(row["hyper_step_s"]) == (form["cycles"] if learns else 0)
         assert row["inner_steps"] == form["inner_steps"]
-    modes = [augment for augment in bench_gpu.AUGMENTS if augment != "randaugment"]
+    modes = bench_gpu.BASELINES
     assert list(report["ratios"]) == [bench_gpu.case_name(model, False, m) for model in models for m in modes]
     for name, row in report["ratios"].items():
         assert set(row) == set(bench_gpu.RATIO_KEYS), (name, row)
@@ -61,7 +62,7 @@ def test_scaling_form_cases_ratios_and_table(tmp_path: Path) -> None:
     }  # fmt: skip
     failed = "wrn28_10_b32/eager/madao"  # a failed case keeps the keys of its spec
     cases[failed] = {**{k: specs[failed][k] for k in bench_gpu.KEYS}, "error": "timed out after 1800 s"}
-    gpu = {"device": "cpu", "device_name": None, "form": "scaling", "note": None, "bf16": bench_gpu.BF16}
+    gpu = {"device": "cpu", "device_name": None, "form": "scaling", "note": None, "bf16": bench_gpu.BF16_NOTE}
     gpu |= {"settings": {**settings, "models": bench_gpu.MODELS["scaling"]}, "cases": cases}
     gpu["ratios"] = bench_gpu.ratios(cases, "scaling")
     assert gpu["ratios"]["wrn28_2_b256/eager/madao"]["peak_above_setup"] == 5.0
@@ -77,11 +78,12 @@ def test_scaling_form_cases_ratios_and_table(tmp_path: Path) -> None:
     assert table in report.build_readme(tmp_path, tmp_path)
 
 
-def test_full_form_runs_the_segmented_mode_eager_only(tmp_path: Path) -> None:
-    """The GPU form: every policy eager, and compiled all but the segmented mode (a compiled network hides
-    the blocks it splits at)."""
+def test_full_form_runs_the_segmented_mode_and_bf16_eager_only(tmp_path: Path) -> None:
+    """The GPU form: every policy eager, float32 and bf16-mixed, and compiled the float32 policies but the
+    segmented mode (a compiled network hides the blocks it splits at)."""
     specs = bench_gpu.case_specs("full", bench_gpu.FORMS["full"], "cuda", 1, tmp_path)
     for model in bench_gpu.MODELS["full"]:
         assert all(bench_gpu.case_name(model, False, augment) in specs for augment in bench_gpu.AUGMENTS)
         compiled = [name for name in specs if name.startswith(f"{model}/compiled/")]
         assert compiled == [f"{model}/compiled/randaugment", f"{model}/compiled/madao"]
+        assert all(bench_gpu.case_name(model, False, a) in specs for a in ("randaugment_bf16", "madao_bf16"))

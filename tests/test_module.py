@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import madao_pl.module as module_lib
 from madao_pl.augment import OP_NAMES, IdentityPolicy, MADAOPolicy, ReplayPolicy
 from madao_pl.callbacks import PolicyHistoryCallback, WarmupCallback
-from madao_pl.hyperstep import HyperStepConfig
+from madao_pl.hyperstep import PRECISIONS, HyperStepConfig, check_precision
 from madao_pl.module import MADAOModule
 from madao_pl.plots import plot_policy_parameters
 
@@ -410,3 +410,52 @@ def test_legend_units_say_what_each_op_does_at_that_magnitude() -> None:
         op("Contrast", x, 0.3, -1.0), (gray_mean + 0.7 * (x - gray_mean)).clamp(0, 1), atol=1e-6
     )
     assert UNITS["Rotate"]("Rotate", 0.57) == "17.1 deg"
+
+
+def test_bf16_mixed_runs_the_network_in_bf16_and_the_hyper_step_in_float32(tmp_path) -> None:
+    """Under ``precision="bf16-mixed"`` the inner steps' network computes in bfloat16, while the policy and
+    the whole hyper step compute in float32 (autocast off), so the hypergradient is the float32 one."""
+    torch.manual_seed(0)
+    module = make_module(MADAOPolicy(num_stages=1), inner_steps=2)
+    seen: list[tuple[bool, torch.dtype]] = []
+    policy_autocast: list[bool] = []  # whether autocast was on where the policy ran
+    module.net[0].register_forward_hook(lambda m, i, out: seen.append((module.is_hyper_step(), out.dtype)))
+    module.policy.register_forward_hook(
+        lambda m, i, out: policy_autocast.append(torch.is_autocast_enabled("cpu"))
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=0, precision="bf16-mixed",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=BrightnessData())
+    assert int(module.hyper_steps) == 2
+    inner = {dtype for hyper, dtype in seen if not hyper}
+    hyper = {dtype for hyper, dtype in seen if hyper}
+    assert inner == {torch.bfloat16} and hyper == {torch.float32}
+    assert policy_autocast and not any(policy_autocast)
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+
+
+@pytest.mark.parametrize("precision", ["16-true", "bf16-true", "16-mixed"])
+def test_precisions_that_cannot_train_a_policy_are_refused(precision: str) -> None:
+    """16-bit parameters or 16-mixed's gradient scaler: refused, naming the ones that work; a fixed policy
+    takes no hyper step and is left alone."""
+    with pytest.raises(ValueError, match=r"precision '.*' cannot train a MADAO policy.*bf16-mixed"):
+        check_precision(precision)
+    trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+    learned = make_module(MADAOPolicy(num_stages=1))
+    if trainer.precision not in PRECISIONS:  # on CPU, Lightning makes 16-mixed bf16-mixed
+        with pytest.raises(ValueError, match="cannot train a MADAO policy"):
+            trainer.fit(learned, datamodule=BrightnessData())
+    fixed = make_module(IdentityPolicy())
+    pl.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(fixed, datamodule=BrightnessData())

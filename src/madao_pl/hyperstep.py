@@ -66,12 +66,14 @@ from madao_pl.segmented import SegmentedProducts
 
 __all__ = [
     "METHODS",
+    "PRECISIONS",
     "HyperStepConfig",
     "Loss",
     "HyperStepResult",
     "augment_batch",
     "check_integer",
     "check_network",
+    "check_precision",
     "hyper_step",
     "trainable_parameters",
 ]
@@ -224,6 +226,24 @@ def check_network(net: nn.Module) -> None:
         raise ValueError(
             "sync_batchnorm: SyncBatchNorm has no double backward, which the MADAO hyper step needs; "
             "use plain BatchNorm (trainer.sync_batchnorm=false)"
+        )
+
+
+PRECISIONS = ("32-true", "64-true", "bf16-mixed")
+"""Lightning ``Trainer(precision=...)`` values that a learned policy trains under. The hyper step runs in the
+parameters' dtype: ``MADAOModule`` turns autocast off for it and for the augmentation, so under
+``bf16-mixed`` only the inner steps' network runs in bfloat16 and the hypergradient is the float32 one."""
+
+
+def check_precision(precision: str) -> None:
+    """``ValueError`` unless the hyper step can run under a trainer of this ``precision`` (`PRECISIONS`):
+    ``16-mixed``'s gradient scaler would unscale the gradients the hyper step takes unscaled, and
+    ``16-true`` / ``bf16-true`` hold the parameters in 16 bits, coarser than the Neumann series' terms."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision {precision!r} cannot train a MADAO policy: its hyper step needs full-precision "
+            f"parameters and unscaled gradients; use one of {', '.join(PRECISIONS)} (bf16-mixed: the inner "
+            "steps in bfloat16, the hyper step in float32)"
         )
 
 

@@ -23,7 +23,14 @@ from madao_pl.data.stream import BatchStream, RecentBatches, hyper_dataloader
 from madao_pl.distributed import kept_out_of_ddp
 from madao_pl.evaluation import ClassifierEvaluation
 from madao_pl.fit_state import FitStateHooks
-from madao_pl.hyperstep import HyperStepConfig, augment_batch, check_integer, check_network, hyper_step
+from madao_pl.hyperstep import (
+    HyperStepConfig,
+    augment_batch,
+    check_integer,
+    check_network,
+    check_precision,
+    hyper_step,
+)
 from madao_pl.loggers import log_hyper_step
 from madao_pl.models import network_segments
 from madao_pl.optimizers import POLICY_OPTIMIZER, OptimizerFactory, OptimizerHooks, SchedulerFactory
@@ -34,13 +41,14 @@ COUNTERS = ("inner_step", "hyper_steps", "skipped_hyper_steps", "total_hvps")
 class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
     """Image classifier trained with a (learned or fixed) on-device augmentation policy.
 
-    Each training step is one SGD step of ``net`` on the augmented batch. With a learnable policy, outside
-    warm-up (``warmup_active``, set by `madao_pl.callbacks.WarmupCallback`), every ``inner_steps``-th step
-    is a hyper step (`madao_pl.hyperstep.hyper_step`): the policy steps along the hypergradient and the
-    network along that step's ``df/dtheta``. Counters are buffers, so checkpoints carry them. The base classes
-    do the rest: validation and test (``val/loss``, ``val/error``, ``test/error``; `madao_pl.evaluation`),
-    the policy's start and the checkpoint's extras (`madao_pl.fit_state`), the optimisers and their steps
-    (`madao_pl.optimizers`).
+    Each training step is one SGD step of ``net`` on the augmented batch (the network under the trainer's
+    precision; the augmentation and the hyper step with autocast off: `madao_pl.hyperstep.PRECISIONS`).
+    With a learnable policy, outside warm-up (``warmup_active``, set by `madao_pl.callbacks.WarmupCallback`),
+    every ``inner_steps``-th step is a hyper step (`madao_pl.hyperstep.hyper_step`): the policy steps along
+    the hypergradient and the network along that step's ``df/dtheta``. Counters are buffers, so checkpoints
+    carry them. The base classes do the rest: validation and test (``val/loss``, ``val/error``,
+    ``test/error``; `madao_pl.evaluation`), the policy's start and the checkpoint's extras
+    (`madao_pl.fit_state`), the optimisers and their steps (`madao_pl.optimizers`).
 
     Args:
         net: the classifier; normalised ``(B, 3, H, W)`` images -> logits.
@@ -129,12 +137,12 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         if self.is_hyper_step():
-            with record_function("madao/hyper_step"):
+            with record_function("madao/hyper_step"), self.autocast_off():
                 loss = self._hyper_step(images, labels)
         else:
             with record_function("madao/inner_step"):
-                inputs, targets = self.views(images, labels)
-                with torch.no_grad():
+                with torch.no_grad(), self.autocast_off():
+                    inputs, targets = self.views(images, labels)
                     augmented = self.augment(inputs, targets)
                 loss = self.training_loss(self.normalize(augmented), targets)
                 optimizer = self._optimizers()[0]
@@ -150,6 +158,10 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
             "train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images)
         )
         return loss.detach()
+
+    def autocast_off(self) -> torch.autocast:
+        """A context without autocast on this module's device: what must not run in 16 bits."""
+        return torch.autocast(self.device.type, enabled=False)
 
     # ------------------------------------------------------------------ the task: what f and g are
     def views(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -169,7 +181,11 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
         """The s-th step: hyper step, then both optimiser steps with rank-averaged gradients (a non-finite
         hypergradient skips the policy's: counted, warned and logged)."""
         batch = self.views(*self.recent_batches.join(images, labels))
-        val_batch = self.views(*(t.to(self.device, non_blocking=True) for t in self.hyper_batches.next()))
+        val_images, val_labels = self.hyper_batches.next()  # not through Lightning: its dtype is set here
+        val_batch = self.views(
+            val_images.to(self.device, images.dtype, non_blocking=True),
+            val_labels.to(self.device, non_blocking=True),
+        )
         result = hyper_step(
             self.net, self.policy, batch, val_batch, normalize=self.normalize, cutout_size=self.cutout_size,
             config=self.hyper, loss=self.training_loss, val_loss=self.validation_loss,
@@ -204,6 +220,7 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
         """Check the held-out loader exists (not only after the warm-up), then start every rank from rank
         0's policy, each with its own augmentation draws (`madao_pl.fit_state.FitStateHooks`)."""
         if self.learns_policy:
+            check_precision(self.trainer.precision)
             hyper_dataloader(self._trainer)
         self._steps_since_warmup = int(self.inner_step)
         super().on_fit_start()

@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from madao_pl.data import CorruptImageError, DatasetNotFoundError
+from madao_pl.hyperstep import check_precision
 
 log = logging.getLogger("madao_pl")
 CONF = Path(__file__).resolve().parent / "conf"
@@ -294,6 +295,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         build(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c and "_target_" in c
     ]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if module.learns_policy:
+        try:  # the precision Lightning resolved (on CPU, 16-mixed becomes bf16-mixed)
+            check_precision(trainer.precision)
+        except ValueError as error:
+            raise ConfigError(f"trainer.precision={cfg.trainer.precision}: {error}") from None
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
