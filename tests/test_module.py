@@ -459,3 +459,16 @@ def test_precisions_that_cannot_train_a_policy_are_refused(precision: str) -> No
         enable_progress_bar=False,
         enable_model_summary=False,
     ).fit(fixed, datamodule=BrightnessData())
+
+
+def test_64_true_takes_its_hyper_steps_in_float64() -> None:
+    """The held-out batch comes from the module's own loader, not through Lightning's input conversion: it
+    takes the training batch's dtype, so a float64 network gets float64 held-out images."""
+    torch.manual_seed(0)
+    module = make_module(MADAOPolicy(num_stages=1), inner_steps=2)
+    pl.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=0, precision="64-true",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    ).fit(module, datamodule=BrightnessData())  # fmt: skip
+    assert int(module.hyper_steps) == 2
+    assert all(p.dtype == torch.float64 for p in module.net.parameters())
