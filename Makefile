@@ -30,7 +30,7 @@ test-slow: install  ## only the tests marked slow
 bench: install  ## all benchmarks: writes benchmarks/results/*.json and benchmarks/README.md
 	$(PY) -m benchmarks.run_all
 
-bench-quick: install  ## the cost benchmark alone (under 10 minutes)
+bench-quick: install  ## the cost benchmark alone, its quick form (about a minute)
 	$(PY) -m benchmarks.run_all --quick
 
 bench-gpu: install  ## on a CUDA machine: the GPU cost and memory-scaling benchmarks, then the READMEs

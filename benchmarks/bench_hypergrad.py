@@ -31,7 +31,7 @@ from madao_pl.augment.ops import MAGNITUDE_OPS, OPERATIONS, cutout
 from madao_pl.callbacks import WarmupCallback
 from madao_pl.hyperstep import HyperStepConfig, hyper_step
 from madao_pl.module import MADAOModule
-from madao_pl.run import build
+from madao_pl.run import build, build_module
 
 SOURCES = {"all": (1, 1, 1), "train_batch": (1, 0, 0), "policy_draws": (0, 1, 0), "val_batch": (0, 0, 1)}
 """Random source -> which of (training batch, policy and Cutout draws, hyper-validation batch) vary."""
@@ -58,10 +58,7 @@ def warmed_up(overrides: list[str]) -> tuple[Any, Any, MADAOModule]:
     cfg = compose(["augment=madao", "dataset.datamodule.num_workers=0", *overrides])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, classes = build(cfg, "dataset.datamodule"), cfg.dataset.num_classes
-    module = build(
-        cfg, "module", net=build(cfg, "model.net", num_classes=classes), policy=build(cfg, "augment.policy"),
-        hyper=build(cfg, "augment.hyper"), num_classes=classes, mean=datamodule.mean, std=datamodule.std,
-    )  # fmt: skip
+    module = build_module(cfg, classes, datamodule.mean, datamodule.std)
     warmup = cfg.augment.warmup_epochs
     callbacks = [WarmupCallback(warmup, min_hyper_steps=0)]
     trainer = pl.Trainer(max_epochs=warmup, accelerator="cpu", callbacks=callbacks, **QUIET_TRAINER)

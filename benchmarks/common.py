@@ -1,6 +1,6 @@
 """What the benchmarks share: where results go, the provenance block every result file starts with, the
 command line, the real config tree, launchers for processes that run side by side (one case per process),
-and what the cost benchmarks (``bench_cost``, ``bench_gpu``) fit: synthetic data and a callback that times
+and what the cost benchmark (``bench_cost``) fits: synthetic data and a callback that times
 and measures it."""
 
 from __future__ import annotations
@@ -43,11 +43,10 @@ LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 """A fixed glibc mmap threshold: freed tensors leave the resident set at once, so the RSS follows the live
 tensors (a process's environment: it must be set before the process starts)."""
 COST_FLAGS: dict[str, dict[str, Any]] = {
-    "--quick": {"action": "store_true", "help": "the reduced form (a smoke test)"},
     "--device": {"choices": ("cpu", "cuda"), "help": "default: cuda if available, else cpu"},
     "--work-dir": {"type": Path, "help": "keep each case's JSON and log here (default: temp)"},
 }
-"""The cost benchmarks' flags besides ``--out`` and ``--run-case`` (:func:`cli`)."""
+"""The cost benchmark's flags besides ``--out``, ``--form`` and ``--run-case`` (:func:`cli`)."""
 
 
 def stamp(module: str, argv: list[str] | None, **extra: Any) -> dict[str, Any]:

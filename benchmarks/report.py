@@ -20,28 +20,31 @@ from benchmarks.common import RESULTS, ROOT, cli
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 BENCHMARKS = {
     "policy": ("Policy speed: one augmentation batch on CPU", "runs"),
-    "cost": ("Cost of MADAO: time and memory", "ratios"),
+    "cost": ("Cost of MADAO: time and memory", "form"),
     "accuracy": ("Test error on digits", "tables"),
     "hypergrad": ("Signal and noise of one hypergradient on digits", "sources"),
     "levers": ("Memory levers for the hyper step's products", "memory"),
-    "gpu": ("GPU cost: time per step and CUDA memory", "cases"),
-    "scaling": ("Memory scaling: MADAO / RandAugment by batch size and width", "cases"),
+    "gpu": ("GPU cost: time per step and CUDA memory", "form"),
+    "scaling": ("Memory scaling: MADAO / RandAugment by batch size and width", "form"),
 }
 """Result file -> (section title, a key only the current layout has)."""
 COMMANDS = {n: f"python -m benchmarks.bench_{n} --out benchmarks/results/{n}.json" for n in BENCHMARKS}
-COMMANDS["scaling"] = "python -m benchmarks.bench_gpu --form scaling --out benchmarks/results/scaling.json"
-RATIO_COLUMNS = {
-    "time_vs_randaugment": "time / RA",
-    "time_vs_baseline": "time / baseline",
-    "peak_rss_vs_randaugment": "peak RSS / RA",
-    "peak_above_setup_vs_randaugment": "above setup / RA",
-    "live_peak_rss_vs_randaugment": "live peak RSS / RA",
-    "live_peak_above_setup_vs_randaugment": "live above setup / RA",
-    "cuda_peak_vs_randaugment": "CUDA peak / RA",
-    "time_vs_ssl_randaugment": "time / SSL RA",
-    "peak_above_setup_vs_ssl_randaugment": "above setup / SSL RA",
+FORM_OF = {"cost": "cpu", "gpu": "gpu", "scaling": "scaling"}
+"""The cost benchmark's result files and the form (``bench_cost --form``) that writes each."""
+COMMANDS |= {
+    n: f"python -m benchmarks.bench_cost --form {form} --out benchmarks/results/{n}.json"
+    for n, form in FORM_OF.items()
 }
-"""cost.json's ratio keys shown, and their column names (RA: RandAugment)."""
+REFERENCES = {
+    "randaugment": "RA",
+    "baseline": "none",
+    "randaugment_bf16": "RA bf16",
+    "ssl_randaugment": "SSL RA",
+}
+"""The cost cases a case is divided by, as the cost table names them (RA: RandAugment)."""
+RATIOS = {"time_per_step": "time", "peak": "peak", "peak_above_setup": "above set-up"}
+RATIOS |= {f"live_{k}": f"live {v}" for k, v in RATIOS.items() if k != "time_per_step"}
+"""The cost table's ratios to a case's first reference, and their column names."""
 SSL_HEADING = "Self-supervised (`task=ssl`: MoCo v2 pre-training, then the linear probe), linear-probe error"
 ACCURACY_SECTIONS = (
     ("ssl", SSL_HEADING, None),
@@ -141,44 +144,91 @@ def policy_body(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def cost_table(report: dict[str, Any], cases: list[str]) -> str:
-    """One row per case: hyper-step settings, step times, HVPs per hyper step, memory, and its ratios."""
-    ratios, variants = report["ratios"], report["settings"]["variants"]
-    keys = [k for k in RATIO_COLUMNS if any(k in ratios[c] for c in cases)]
+def case_rows(report: dict[str, Any], names: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The cost table: a row per case of ``names``: its config overrides, time per step,
+    inner and hyper steps' times, HVPs per hyper step, memory, and :data:`RATIOS` to its first reference
+    present (then its time against no augmentation); a failed case's error. Ratio columns no row has are
+    left out."""
+    unit, cases = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB", report["settings"]["cases"]
+    header = ["case", "overrides", "s / step", "inner step s", "hyper step s", "HVPs", f"peak {unit}"]
+    header += [f"above set-up {unit}", "vs", *(f"{v} / vs" for v in RATIOS.values()), "time / none"]
     rows = []
-    for name in cases:
-        r, hyper = report["cases"][name], variants.get(name) or {}
-        shown = {k: hyper[k] for k in ("neumann_tol", "recompute") if k in hyper}
-        shown |= {"classes": hyper["num_classes"]} if hyper.get("num_classes") else {}
-        shown |= {"segmented": True} if hyper.get("segmented") else {}
+    for name in names:
+        r, overrides, refs = report["cases"][name], *cases[report["cases"][name]["case"]]
+        ratios = report["ratios"].get(name, {})
+        ref = next((ref for ref in refs if f"time_per_step_vs_{ref}" in ratios), None)
+        if "error" in r or "error" in ratios:
+            rows.append(
+                [f"`{name}`", f"error: {r.get('error', ratios.get('error'))}"[:90], *[""] * (len(header) - 2)]
+            )
+            continue
         rows.append([
-            f"`{name}`", " ".join(f"{k}={str(v).lower()}" for k, v in shown.items()),
-            fmt(r["time_per_batch_s"], 3), fmt(r["inner_step_s_median"], 3), fmt(r["hyper_step_s"], 3),
+            f"`{name}`", " ".join(f"`{o}`" for o in overrides), fmt(r["time_per_step_s"], 3),
+            fmt(r["inner_step_s_median"], 3), fmt(r["hyper_step_s"], 3),
             fmt(r["total_hvps"] / r["hyper_steps"], 1) if r["hyper_steps"] else "—",
-            fmt(r["peak_above_setup_mb"], 0), *(fmt(ratios[name].get(k)) for k in keys),
+            fmt(r["peak_mb"], 0), fmt(r["peak_above_setup_mb"], 0), REFERENCES.get(ref, "—"),
+            *(fmt(ratios.get(f"{k}_vs_{ref}")) for k in RATIOS), fmt(ratios.get("time_per_step_vs_baseline")),
         ])  # fmt: skip
-    header = ["case", "hyper step", "s / batch", "inner step s", "hyper step s", "HVPs", "above setup MiB"]
-    return markdown_table([*header, *(RATIO_COLUMNS[k] for k in keys)], rows)
+    shown = [i for i in range(len(header)) if i < 9 or any(row[i] not in ("—", "") for row in rows)]
+    return [header[i] for i in shown], [[row[i] for i in shown] for row in rows]
+
+
+def cost_table(report: dict[str, Any], names: list[str] | None = None) -> str:
+    """:func:`case_rows` as markdown (default: every case)."""
+    return markdown_table(*case_rows(report, list(report["cases"]) if names is None else names))
+
+
+def scaling_table(report: dict[str, Any]) -> str:
+    """Per model, batch and MADAO mode of the scaling form: the memory above set-up of RandAugment's case and
+    of MADAO's, MADAO / RandAugment of it, of the whole peak and of the time per step."""
+    rows, keys = [], ("peak_above_setup", "peak", "time_per_step")
+    for key, (_, model, batch) in report["settings"]["models"].items():
+        ra = report["cases"][f"{key}/eager/randaugment"]
+        for name, ratio in report["ratios"].items():
+            if not name.startswith(f"{key}/eager/"):
+                continue
+            row = report["cases"][name]
+            rows.append([
+                f"`{model}`", str(batch), fmt(ra.get("parameters", 0) / 1e6, 1), f"`{row['case']}`",
+                *(fmt(r.get("peak_above_setup_mb"), 0) for r in (ra, row)),
+                *(fmt(ratio.get(f"{k}_vs_randaugment")) for k in keys),
+            ])  # fmt: skip
+    unit = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB"
+    header = ["model", "batch", "M params", "MADAO", f"RA above set-up {unit}", f"MADAO above set-up {unit}"]
+    return markdown_table([*header, "above set-up ratio", "peak ratio", "time ratio"], rows)
+
+
+def cost_caption(report: dict[str, Any]) -> str:
+    """What a cost result measured: form, models, s, cycles, device, memory measure."""
+    s, measure = report["settings"], next(iter(report["cases"].values())).get("memory_measure", "—")
+    models = ", ".join(f"`{m}` ({d}, batch {b})" for d, m, b in s["models"].values())
+    compiled = " and `torch.compile` of the network" if True in s["compile"] else ""
+    text = (
+        f"{report['form']} form: {models}, eager{compiled}; s = {s['inner_steps']}; "
+        f"{report.get('device_name') or report['device']}, {s['threads']} torch thread(s); {s['data']}. The "
+        "shipped `MADAOModule` built from the configs through `pytorch_lightning.Trainer`, "
+        f"{s['isolation']}: {s['warmup_cycles']} untimed warm-up and {s['cycles']} timed whole cycle(s) of s "
+        "steps (s - 1 inner steps, one hyper step): time per step, the median cycle / s. Memory: the peak "
+        f"({measure}), above set-up: minus the memory "
+        "at `on_train_start`. Each case against the case in its `vs` column (none: no augmentation)."
+    )
+    if report.get("live_memory"):
+        live = " ".join(f"`{k}={v}`" for k, v in s["memory_env"].items())
+        text += (
+            f" Live: each case once more, one cycle at s = {s['probe']['inner_steps']}, under {live} (freed "
+            "tensors leave the resident set at once: the RSS follows the live tensors)."
+        )
+    return text + (f" bf16: {report['bf16']}." if report.get("bf16") else "")
 
 
 def cost_body(report: dict[str, Any]) -> list[str]:
-    """What ran, the cost table, the hyper step by profiler range, the hypergradients against ``plain``'s."""
-    s, profiles = report["settings"], report["profiles"]
-    text = (
-        f"{s['model']}, batch {s['batch']}, synthetic {s['image_size']}x{s['image_size']} images, Cutout "
-        f"{s['cutout']}, {s['optimizer']}; s = {s['inner_steps']}; {s['device']}, {s['threads']} torch "
-        "thread(s). The shipped `MADAOModule` through `pytorch_lightning.Trainer`, each case in its own "
-        f"process: untimed warm-up batches {s['warmup_batches']}, then {s['cycles']} whole cycle(s) of s "
-        "batches (s - 1 inner steps, one hyper step) timed: wall time per batch. Memory: `ru_maxrss` minus "
-        "the RSS at `on_train_start`."
-    )
-    if s["live_memory_env"]:
-        live = " ".join(f"`{k}={v}`" for k, v in s["live_memory_env"].items())
-        text += (
-            f" Live: each case once more, one cycle at s = {s['probe_inner_steps']}, under {live} (freed "
-            "tensors leave the resident set at once: the RSS follows the live tensors)."
-        )
-    text += " **Quick mode** (smoke-test scale)." if s["quick"] else ""
+    """What ran (with its note), the scaling table (that form), the cost table, the hyper step by profiler
+    range, the hypergradients against ``plain``'s."""
+    out = [cost_caption(report), ""] + ([f"**{report['note']}**", ""] if report.get("note") else [])
+    if report["form"] == "scaling":
+        out += [scaling_table(report), "", "Every case:", ""]
+    out += [cost_table(report), ""]
+    profiles = report.get("profiles", {})
     ranges = {
         k: [p["sections_s"].get(k, {}) for p in profiles.values()]
         for p in profiles.values()
@@ -190,10 +240,10 @@ def cost_body(report: dict[str, Any]) -> list[str]:
     ]
     caption = (
         "The hyper step by its `torch.profiler` ranges (CPU time), a separate process per variant, one cycle "
-        f"at s = {s['probe_inner_steps']} (the profiler slows the step and its buffers take GBs):"
+        "at s = 2 (the profiler slows the step and its buffers take GBs):"
     )
     header = ["range", *(f"{n} s" for n in profiles), *(f"{n} calls" for n in profiles)]
-    out = [text, "", cost_table(report, list(report["cases"])), "", *block(caption, header, rows)]
+    out += block(caption, header, rows)
     caption = (
         "The first hypergradient against `plain`'s (same seed: the same state if the fingerprints agree):"
     )
@@ -206,20 +256,25 @@ def cost_body(report: dict[str, Any]) -> list[str]:
 
 
 def cost_summary(report: dict[str, Any] | None) -> str:
-    """MADAO's cost for the top README: the variants' rows of :func:`cost_table`."""
+    """MADAO's cost for the top README: the MADAO cases' rows of :func:`cost_table`."""
     if report is None:
         return f"No cost results yet: run `{COMMANDS['cost']}`."
     s = report["settings"]
     grads = "; ".join(f"`{n}` {c['rel_diff']:.1e}" for n, c in report["hypergrad_vs_plain"].items())
-    caption = (
-        f"MADAO's cost at s = {s['inner_steps']} against RandAugment (RA) on the same module ({s['model']}, "
-        f"batch {s['batch']}, synthetic {s['image_size']}x{s['image_size']}, through "
-        f"`pytorch_lightning.Trainer`, each case in its own process; {report['date']}, "
-        f"`{report['command']}`). Live: RSS under a fixed glibc mmap threshold, so that it follows the live "
-        "tensors. The paper (GPU, against no augmentation): time 1.7, memory 1.94. Hypergradient's relative "
-        f"difference to `plain`: {grads or '—'}."
+    (_, model, batch), size = (
+        next(iter(s["models"].values())),
+        next(iter(report["cases"].values()))["image_size"],
     )
-    return f"{caption}\n\n{cost_table(report, [n for n in report['cases'] if n in s['variants']])}"
+    caption = (
+        f"MADAO's cost at s = {s['inner_steps']} against RandAugment (RA) on the same module (`{model}`, "
+        f"batch {batch}, synthetic {size}x{size}, through `pytorch_lightning.Trainer`, each case in its own "
+        f"process; {report['date']}, `{report['command']}`). Live: RSS under a fixed glibc mmap threshold, "
+        "so that it follows the live tensors. The paper (GPU, against no augmentation): time 1.7, memory "
+        "1.94. "
+        f"Hypergradient's relative difference to `plain`: {grads or '—'}."
+    )
+    learned = [n for n, r in report["cases"].items() if r.get("hyper_steps")]
+    return f"{caption}\n\n{cost_table(report, learned)}"
 
 
 def accuracy_caption(report: dict[str, Any]) -> str:
@@ -362,62 +417,6 @@ def levers_body(report: dict[str, Any]) -> list[str]:
     )
 
 
-def gpu_table(report: dict[str, Any]) -> str:
-    """bench_gpu's cases (time per step, hyper steps, memory) and MADAO / RandAugment ratios."""
-    unit = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB"
-    rows = [
-        [f"`{name}`", f"error: {row['error'][:80]}", "", "", "", ""]
-        if "error" in row
-        else [f"`{name}`", fmt(row["time_per_step_s"], 4), fmt(row["hyper_step_s"], 3),
-              *(fmt(row[k], 0) for k in ("setup_memory_mb", "peak_mb", "peak_above_setup_mb"))]
-        for name, row in report["cases"].items()
-    ]  # fmt: skip
-    header = ["case", "s / step", "hyper step s", f"set-up {unit}", f"peak {unit}", "above set-up"]
-    ratios = [
-        [f"`{name}`", *(["error", "", ""] if "error" in row else [fmt(v) for v in row.values()])]
-        for name, row in report["ratios"].items()
-    ]
-    header_ratios = ["MADAO / RandAugment", "time per step", "peak", "peak above set-up"]
-    return f"{markdown_table(header, rows)}\n\n{markdown_table(header_ratios, ratios)}"
-
-
-def scaling_table(report: dict[str, Any]) -> str:
-    """Per model, batch and MADAO mode of the scaling form: the memory above set-up of RandAugment's case and
-    of MADAO's, MADAO / RandAugment of it, of the whole peak and of the time per step."""
-    rows = []
-    for key, choice in report["settings"]["models"].items():
-        ra = report["cases"][f"{key}/eager/randaugment"]
-        for name, ratio in report["ratios"].items():
-            if not name.startswith(f"{key}/eager/"):
-                continue
-            rows.append([
-                f"`{choice['model']}`", str(choice["batch"]), fmt(ra.get("parameters", 0) / 1e6, 1),
-                f"`{name.rsplit('/', 1)[1]}`",
-                *(fmt(r.get("peak_above_setup_mb"), 0) for r in (ra, report["cases"][name])),
-                *(fmt(ratio.get(k)) for k in ("peak_above_setup", "peak", "time_per_step")),
-            ])  # fmt: skip
-    unit = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB"
-    header = ["model", "batch", "M params", "MADAO", f"RA above set-up {unit}", f"MADAO above set-up {unit}"]
-    return markdown_table([*header, "above set-up ratio", "peak ratio", "time ratio"], rows)
-
-
-def gpu_body(report: dict[str, Any]) -> list[str]:
-    """The cases and MADAO / RandAugment ratios of ``bench_gpu`` (its scaling form: :func:`scaling_table`
-    first), with its notes."""
-    device = report["device_name"] or report["device"]
-    notes = [f"Device: {device}; {report['form']} form.", f"bf16: {report['bf16']}."]
-    notes += [f"**{report['note']}**"] if report.get("note") else []
-    s, out = report["settings"], [" ".join(notes), ""]
-    if report["form"] == "scaling":
-        out += [
-            f"MADAO (default hyper settings; `madao_segmented`: `augment.hyper.segmented=true`) / "
-            f"RandAugment (RA), s = {s['inner_steps']}, "
-            f"{s['warmup_cycles']} warm-up and {s['cycles']} timed cycle(s); above set-up: the peak minus "
-            "the memory at `on_train_start`.", "", scaling_table(report), "", "Every case:", "",
-        ]  # fmt: skip
-    return [*out, gpu_table(report), ""]
-
-
 def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) -> str:
     """The whole ``benchmarks/README.md`` (image links relative to ``readme_dir``, default its parent)."""
     bodies = {
@@ -426,8 +425,8 @@ def build_readme(results_dir: Path = RESULTS, readme_dir: Path | None = None) ->
         "accuracy": lambda r: accuracy_body(r, results_dir, readme_dir or results_dir.parent),
         "hypergrad": hypergrad_body,
         "levers": levers_body,
-        "gpu": gpu_body,
-        "scaling": gpu_body,
+        "gpu": cost_body,
+        "scaling": cost_body,
     }
     files = [[f"`results/{name}.json`", name, f"`{command}`"] for name, command in COMMANDS.items()]
     lines = [

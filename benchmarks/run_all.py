@@ -1,7 +1,8 @@
 """Run the benchmarks, each in its own process (a failure stops none of the others), then the READMEs.
 
-``make bench`` (about 75 minutes on 2 CPU cores): every benchmark into ``benchmarks/results/``, both READMEs.
-``--quick`` (``make bench-quick``): the cost benchmark's quick mode into ``outputs/bench/quick/`` with its own
+``make bench`` (about 3.5 hours on 2 CPU cores, two of them the accuracy sweeps): every benchmark into
+``benchmarks/results/``, both READMEs.
+``--quick`` (``make bench-quick``): the cost benchmark's quick form into ``outputs/bench/quick/`` with its own
 README, so quick numbers never replace the published ones. Logs: ``outputs/bench/logs/<name>.log``.
 
 Run: ``python -m benchmarks.run_all [--quick] [--only policy cost ... scaling] [--no-report]`` (the names:
@@ -28,7 +29,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
     python = [sys.executable, "-m"]
     report = [*python, "benchmarks.report"]
     if quick:
-        cost = [*python, "benchmarks.bench_cost", "--out", f"{QUICK}/cost.json", "--quick"]
+        cost = [*python, "benchmarks.bench_cost", "--form", "quick", "--out", f"{QUICK}/cost.json"]
         return {
             "cost": cost,
             "report": [*report, "--results", QUICK, "--out", f"{QUICK}/README.md", "--no-top-readme"],
@@ -38,7 +39,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the cost benchmark alone, in its --quick mode")
+    parser.add_argument("--quick", action="store_true", help="the cost benchmark alone, in its quick form")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate the README")
     parser.add_argument("--logs", type=Path, default=ROOT / "outputs" / "bench" / "logs")

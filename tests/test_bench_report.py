@@ -13,87 +13,75 @@ from benchmarks import bench_accuracy, bench_cost, common, report, run_all
 from tests.test_summarize import write_run
 
 
-def fake_case(name: str, seconds: float, peak: float, hyper_s: list[float], hvps: int = 0) -> dict:
-    """A cost_case record with the given time per batch, peak RSS (setup 500 MiB) and hyper steps."""
+def fake_case(case: str, seconds: float, peak: float, hyper_s: list[float], hvps: int = 0) -> dict:
+    """A bench_cost record with the given time per step, peak RSS (set-up 500 MiB) and hyper steps."""
     learns = bool(hyper_s)
     return {
-        "case": name,
-        "hyper": {"neumann_tol": 0.0 if name == "plain" else 1e-4, "recompute": name == "fast_recompute"}
-        if learns
-        else None,
-        "time_per_batch_s": seconds,
+        **{"model": "wrn28_2", "dataset": "cifar10", "batch": 128, "case": case, "compile": False},
+        "image_size": 32,
+        "memory_measure": "peak RSS (ru_maxrss)",
+        "hyper": {"neumann_tol": 0.0 if case == "plain" else 1e-4} if learns else None,
+        "time_per_step_s": seconds,
         "inner_step_s_median": 0.5,
         "hyper_step_s": hyper_s,
         "hyper_steps": 2 * len(hyper_s),
         "total_hvps": 2 * hvps,
-        "setup_rss_mb": 500.0,
-        "peak_rss_mb": peak,
+        "setup_memory_mb": 500.0,
+        "peak_mb": peak,
         "peak_above_setup_mb": peak - 500.0,
         "sections_s": {"madao/hvp": {"seconds": 0.9, "count": hvps}} if learns else {},
-        "hypergrad": [1.0, 2.0, 2.0 + (name != "plain") * 3e-3] if learns else None,
+        "hypergrad": [1.0, 2.0, 2.0 + (case != "plain") * 3e-3] if learns else None,
         "state_before_first_hyper_step": 12.5 if learns else None,
     }
 
 
 def synthetic_cost_report() -> dict:
-    """bench_cost.combine() on made-up records: its real layout, known ratios."""
+    """bench_cost.combine() on made-up records of the cpu form: its real layout, known ratios."""
     cases = {
         "baseline": fake_case("baseline", 0.5, 900.0, []),
         "randaugment": fake_case("randaugment", 0.6, 1000.0, []),
         "plain": fake_case("plain", 0.9, 2500.0, [6.0], hvps=5),
-        "fast": fake_case("fast", 0.72, 1500.0, [4.0], hvps=1),
+        "madao": fake_case("madao", 0.72, 1500.0, [4.0], hvps=1),
     }
     live = {
-        name: {"peak_rss_mb": row["peak_rss_mb"] - 100, "peak_above_setup_mb": row["peak_rss_mb"] - 600}
-        for name, row in cases.items()
+        n: {**r, "peak_mb": r["peak_mb"] - 100, "peak_above_setup_mb": r["peak_mb"] - 600}
+        for n, r in cases.items()
     }
-    settings = {
-        "quick": False,
-        "model": "WideResNet(28, 2, 10)",
-        "batch": 128,
-        "image_size": 32,
-        "cutout": 16,
-        "optimizer": "SGD",
-        "inner_steps": 30,
-        "device": "cpu",
-        "threads": 1,
-        "cycles": 1,
-        "warmup_batches": {"fast": 30},
-        "live_memory_env": common.LIVE_MEMORY_ENV,
-        "probe_inner_steps": 2,
-    }
-    meta = {
+    settings = {**bench_cost.FORMS["cpu"], "cases": {c: bench_cost.CASES[c] for c in cases}, "threads": 1}
+    settings |= {"data": "synthetic", "probe": bench_cost.PROBE, "memory_env": common.LIVE_MEMORY_ENV}
+    head = {
         "date": "2026-01-01",
-        "command": "python -m benchmarks.bench_cost --out x.json",
+        "command": "python -m benchmarks.bench_cost --form cpu --out x.json",
         "machine": {"cpu": "x86_64", "cpu_count": 2, "torch_threads": 1},
+        **{"form": "cpu", "device": "cpu", "device_name": None, "note": None, "bf16": None},
     }
+    settings["isolation"] = "a fresh process per case"
     profiles = {name: row for name, row in cases.items() if row["sections_s"]}
-    return bench_cost.combine(meta, settings, {"live": live, "profile": profiles, "timed": cases})
+    records = {"live": live, "profile": profiles, "timed": cases}
+    return json.loads(json.dumps(bench_cost.combine(head, settings, records)))
 
 
 def test_cost_ratios_and_hypergradient_comparison() -> None:
     cost = synthetic_cost_report()
-    fast = cost["ratios"]["fast"]
-    assert fast["time_vs_randaugment"] == pytest.approx(1.2) and fast["time_vs_baseline"] == pytest.approx(
-        1.44
-    )
-    assert fast["peak_rss_vs_randaugment"] == pytest.approx(1.5)
-    assert fast["peak_above_setup_vs_randaugment"] == pytest.approx(2.0)  # 1000 / 500
-    assert fast["live_peak_above_setup_vs_randaugment"] == pytest.approx(900 / 400)
-    assert "cuda_peak_vs_randaugment" not in fast  # CPU records: no CUDA column
+    madao = cost["ratios"]["madao"]
+    assert madao["time_per_step_vs_randaugment"] == pytest.approx(1.2)
+    assert madao["time_per_step_vs_baseline"] == pytest.approx(1.44)
+    assert madao["peak_vs_randaugment"] == pytest.approx(1.5)
+    assert madao["peak_above_setup_vs_randaugment"] == pytest.approx(2.0)  # 1000 / 500
+    assert madao["live_peak_above_setup_vs_randaugment"] == pytest.approx(900 / 400)
     assert cost["ratios"]["randaugment"] == pytest.approx(
         {
-            "time_vs_baseline": 1.2,
-            "peak_rss_vs_baseline": 1000 / 900,
+            "time_per_step_vs_baseline": 1.2,
+            "peak_vs_baseline": 1000 / 900,
             "peak_above_setup_vs_baseline": 500 / 400,
-            "live_peak_rss_vs_baseline": 900 / 800,
+            "live_peak_vs_baseline": 900 / 800,
             "live_peak_above_setup_vs_baseline": 400 / 300,
         }
     )
+    assert "baseline" not in cost["ratios"]  # no references
     compare = cost["hypergrad_vs_plain"]
-    assert list(compare) == ["fast"] and compare["fast"]["same_state"] is True
-    assert compare["fast"]["rel_diff"] == pytest.approx(1e-3)  # |(0, 0, 3e-3)| / |(1, 2, 2)|
-    assert cost["settings"]["variants"]["plain"]["neumann_tol"] == 0.0
+    assert list(compare) == ["madao"] and compare["madao"]["same_state"] is True
+    assert compare["madao"]["rel_diff"] == pytest.approx(1e-3)  # |(0, 0, 3e-3)| / |(1, 2, 2)|
 
 
 def test_cost_section_and_top_readme_between_the_markers(tmp_path: Path) -> None:
@@ -101,17 +89,18 @@ def test_cost_section_and_top_readme_between_the_markers(tmp_path: Path) -> None
     text = report.build_readme(tmp_path, tmp_path)
     assert text.count("Not run yet") == 6  # policy, accuracy, hypergrad, levers, gpu and scaling
     assert "Measured 2026-01-01 on 2 CPU cores (x86_64)" in text
-    assert "by `python -m benchmarks.bench_cost --out x.json`" in text
-    row = "| `fast` | neumann_tol=0.0001 recompute=false | 0.720 | 0.500 | 4.000 | 1.0 | 1000 |"
-    assert row + " 1.20 | 1.44 | 1.50 | 2.00 | 1.56 | 2.25 |" in text  # time, peak, above setup, live
+    assert "by `python -m benchmarks.bench_cost --form cpu --out x.json`" in text
+    row = "| `madao` | `augment=madao` | 0.720 | 0.500 | 4.000 | 1.0 | 1500 | 1000 | RA |"
+    assert row + " 1.20 | 1.50 | 2.00 | 1.56 | 2.25 | 1.44 |" in text  # time, peak, above set-up, live; none
+    assert "| `randaugment` | `augment=randaugment` | 0.600 | 0.500 | — | — | 1000 | 500 | none |" in text
     assert "| `madao/hvp` | 0.900 | 0.900 | 5 | 1 |" in text
-    assert "| `fast` | 1.00e-03 | 1.000000 | yes |" in text
+    assert "| `madao` | 1.00e-03 | 1.000000 | yes |" in text
     assert "one cycle at s = 2, under `MALLOC_MMAP_THRESHOLD_=131072`" in text
 
     summary = report.top_readme_summary(tmp_path)
     assert summary.startswith("No accuracy results yet")
-    assert "| `plain` | neumann_tol=0.0 recompute=false | 0.900 |" in summary and "`baseline`" not in summary
-    assert "`fast` 1.0e-03" in summary
+    assert "| `plain` | `augment=madao` `augment.hyper.neumann_tol=0` | 0.900 |" in summary
+    assert "`baseline`" not in summary and "`madao` 1.0e-03" in summary
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n{report.BEGIN}\nold numbers\n{report.END}\nafter\n")
     assert report.update_top_readme(readme, summary)
@@ -241,18 +230,21 @@ def test_run_all_commands_point_at_the_result_files() -> None:
     full = run_all.commands(quick=False)
     assert list(full) == ["policy", "cost", "accuracy", "hypergrad", "levers", "gpu", "scaling", "report"]
     assert full["scaling"][-5:] == [
-        "benchmarks.bench_gpu",
+        "benchmarks.bench_cost",
         "--form",
         "scaling",
         "--out",
         "benchmarks/results/scaling.json",
     ]
+    assert full["cost"][-4:] == ["--form", "cpu", "--out", "benchmarks/results/cost.json"]
+    assert full["gpu"][-4:] == ["--form", "gpu", "--out", "benchmarks/results/gpu.json"]
     assert full["accuracy"][-3:] == ["benchmarks.bench_accuracy", "--out", "benchmarks/results/accuracy.json"]
     quick = run_all.commands(quick=True)
-    assert list(quick) == ["cost", "report"] and quick["cost"][-3:] == [
+    assert list(quick) == ["cost", "report"] and quick["cost"][-4:] == [
+        "--form",
+        "quick",
         "--out",
         "outputs/bench/quick/cost.json",
-        "--quick",
     ]
     assert "--no-top-readme" in quick["report"]  # quick numbers never reach the README
     assert "--no-top-readme" not in full["report"]

@@ -16,6 +16,7 @@ import math
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from madao_pl.data import CorruptImageError, DatasetNotFoundError
 from madao_pl.hyperstep import check_precision
+from madao_pl.module import MADAOModule
 
 log = logging.getLogger("madao_pl")
 CONF = Path(__file__).resolve().parent / "conf"
@@ -147,6 +150,28 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         if not isinstance(cause, ValueError) or isinstance(cause, DatasetNotFoundError):
             raise
         raise ConfigError(_name_key(cfg, key, cause)) from None
+
+
+def build_module(
+    cfg: DictConfig,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    net: nn.Module | None = None,
+) -> MADAOModule:
+    """The LightningModule ``train`` fits: the ``module`` node around the network (``net``, default
+    ``model.net`` built for ``num_classes``; ``task=ssl``: wrapped by ``task.network``), the policy, the
+    hyper-step settings and the data's normalisation. The benchmarks build their cases with it too."""
+    net = build(cfg, "model.net", num_classes=num_classes) if net is None else net
+    if "network" in cfg.task:  # task=ssl: the model's network becomes MoCo's encoder
+        net = build(cfg, "task.network", backbone=net)
+    # a class-conditional policy on a data set whose classes are read from the data (dataset=folder)
+    unknown = "num_classes" in cfg.augment.policy and cfg.augment.policy.num_classes is None
+    policy = build(cfg, "augment.policy", **({"num_classes": num_classes} if unknown else {}))
+    hyper = build(cfg, "augment.hyper")
+    return build(
+        cfg, "module", net=net, policy=policy, hyper=hyper, num_classes=num_classes, mean=mean, std=std
+    )
 
 
 def _name_key(cfg: DictConfig, key: str, error: ValueError) -> str:
@@ -269,23 +294,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.prepare_data()
         datamodule.setup("fit")
         num_classes = datamodule.num_classes
-    net = build(cfg, "model.net", num_classes=num_classes)
-    if "network" in cfg.task:  # task=ssl: the model's network becomes MoCo's encoder
-        net = build(cfg, "task.network", backbone=net)
-    # a class-conditional policy on a data set whose classes are read from the data (dataset=folder)
-    unknown = "num_classes" in cfg.augment.policy and cfg.augment.policy.num_classes is None
-    policy = build(cfg, "augment.policy", **({"num_classes": num_classes} if unknown else {}))
-    hyper = build(cfg, "augment.hyper")
-    module = build(
-        cfg,
-        "module",
-        net=net,
-        policy=policy,
-        hyper=hyper,
-        num_classes=num_classes,
-        mean=datamodule.mean,
-        std=datamodule.std,
-    )
+    module = build_module(cfg, num_classes, datamodule.mean, datamodule.std)
+    policy = module.policy
     log.info(summary_line(cfg, datamodule, num_classes, module))
     callbacks = [
         build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c
