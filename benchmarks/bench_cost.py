@@ -130,9 +130,9 @@ KEYS = ("model", "dataset", "batch", "case", "compile")
 """What a case's record starts with, failed or not."""
 
 
-def case_name(form: str, model: str, compiled: bool, case: str) -> str:
+def case_name(settings: dict[str, Any], model: str, compiled: bool, case: str) -> str:
     """``case`` alone in a form of one model, eager only; else ``<model>/<eager|compiled>/<case>``."""
-    if len(FORMS[form]["models"]) == 1 and FORMS[form]["compile"] == [False]:
+    if len(settings["models"]) == 1 and settings["compile"] == [False]:
         return case
     return f"{model}/{'compiled' if compiled else 'eager'}/{case}"
 
@@ -151,10 +151,11 @@ def _fit(spec: dict[str, Any], record: dict[str, Any]) -> None:
     classes, size = int(cfg.dataset.num_classes), int(cfg.dataset.image_size)
     record.update(image_size=size, num_classes=classes, cutout=int(cfg.dataset.cutout))
     pl.seed_everything(SEED, workers=True, verbose=False)
-    net = build(cfg, "model.net", num_classes=classes)
+    net = build(cfg, "model.net", num_classes=classes)  # built here: compiled, and its size recorded
     data_class = get_class(cfg.dataset.datamodule._target_)
-    net = torch.compile(net) if spec["compile"] else net
-    module = build_module(cfg, classes, data_class.mean, data_class.std, net=net)
+    module = build_module(
+        cfg, classes, data_class.mean, data_class.std, net=torch.compile(net) if spec["compile"] else net
+    )
     record["parameters"] = sum(p.numel() for p in net.parameters())
     learns = module.learns_policy
     record["hyper"] = dataclasses.asdict(module.hyper) if learns else None
@@ -218,7 +219,7 @@ def case_specs(
     compiled (a slow compile never holds up the rest)."""
     threads = torch.get_num_threads() if device == "cuda" else CPU_THREADS
     return {
-        case_name(form, key, compiled, case): {
+        case_name(settings, key, compiled, case): {
             "model": model, "dataset": dataset, "batch": batch, "case": case, "compile": compiled,
             "device": device, "threads": threads, "profile": False, "output_dir": str(work / "runs"),
             **{k: settings[k] for k in ("inner_steps", "warmup_cycles", "cycles")},
@@ -302,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = FORMS[form] | (CPU_SCALING if form == "scaling" and not cuda else {})
     threads = torch.get_num_threads() if cuda else CPU_THREADS
     env = {"OMP_NUM_THREADS": str(threads)}
-    live_env, fork = {**env, **common.LIVE_MEMORY_ENV}, form == "quick" and not cuda  # fork: no new import
+    live_env = {**env, **common.LIVE_MEMORY_ENV}
+    fork = form == "quick" and not cuda  # small cases: a fork is quicker than a new import of Lightning
     started, timeout, probe = time.perf_counter(), settings["timeout_s"], {**settings, **PROBE}
     records: dict[str, dict[str, Any]] = {}
     with common.work_dir(args.work_dir) as work:

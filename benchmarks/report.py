@@ -150,8 +150,9 @@ def case_rows(report: dict[str, Any], names: list[str]) -> tuple[list[str], list
     present (then its time against no augmentation); a failed case's error. Ratio columns no row has are
     left out."""
     unit, cases = "CUDA MiB" if report["device"] == "cuda" else "RSS MiB", report["settings"]["cases"]
-    header = ["case", "overrides", "s / step", "inner step s", "hyper step s", "HVPs", f"peak {unit}"]
-    header += [f"above set-up {unit}", "vs", *(f"{v} / vs" for v in RATIOS.values()), "time / none"]
+    fixed = ["case", "overrides", "s / step", "inner step s", "hyper step s", "HVPs", f"peak {unit}"]
+    fixed += [f"above set-up {unit}", "vs"]
+    header = [*fixed, *(f"{v} / vs" for v in RATIOS.values()), "time / none"]
     rows = []
     for name in names:
         r, overrides, refs = report["cases"][name], *cases[report["cases"][name]["case"]]
@@ -169,7 +170,7 @@ def case_rows(report: dict[str, Any], names: list[str]) -> tuple[list[str], list
             fmt(r["peak_mb"], 0), fmt(r["peak_above_setup_mb"], 0), REFERENCES.get(ref, "—"),
             *(fmt(ratios.get(f"{k}_vs_{ref}")) for k in RATIOS), fmt(ratios.get("time_per_step_vs_baseline")),
         ])  # fmt: skip
-    shown = [i for i in range(len(header)) if i < 9 or any(row[i] not in ("—", "") for row in rows)]
+    shown = [i for i in range(len(header)) if i < len(fixed) or any(row[i] not in ("—", "") for row in rows)]
     return [header[i] for i in shown], [[row[i] for i in shown] for row in rows]
 
 
