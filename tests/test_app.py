@@ -424,6 +424,18 @@ def test_cli_failed_run_says_one_line_and_keeps_it_in_run_log(tmp_path: Path) ->
     assert lines[0] in (tmp_path / "run" / "run.log").read_text()
 
 
+def test_a_folder_layout_it_refuses_names_the_config_key(tiny_cfg, tmp_path: Path) -> None:
+    """root/train/ beside class folders: a ConfigError naming dataset.root (the library's message names the
+    argument, ``root``), before any fitting."""
+    from tests.test_data import write_folder
+
+    write_folder(tmp_path / "images" / "train", ["a", "b"], 4)
+    write_folder(tmp_path / "images" / "d", ["x"], 1)
+    cfg = tiny_cfg("dataset=folder", f"dataset.root={tmp_path / 'images'}", "dataset.image_size=16")
+    with pytest.raises(ConfigError, match=r"holds a train/ folder .*: point `dataset.root` at the folder"):
+        train(cfg)
+
+
 def test_cli_corrupt_image_is_one_line_naming_the_file(tmp_path: Path) -> None:
     """A corrupt image read mid-epoch (in a loader worker): one line naming the file, no traceback."""
     from tests.test_data import write_folder

@@ -149,11 +149,12 @@ def test_hyper_and_val_loaders_are_unaugmented() -> None:
     hyper_images, _ = all_batches(loader)
     expected = source_images[torch.from_numpy(dm.hyper_indices[positions[: len(hyper_images)]])]
     assert torch.equal(hyper_images, expected)
-    # Training crops differ from the source (padding 2 shifts most images).
+    # Training crops differ from the source: padding 2 shifts most images (the centred crop of 25 keeps one).
+    torch.manual_seed(0)
     train_images, _ = next(iter(dm.train_dataloader()))
-    assert not any(
-        torch.equal(train_images[0], img) for img in source_images[torch.from_numpy(dm.train_indices)]
-    )
+    sources = source_images[torch.from_numpy(dm.train_indices)]
+    unchanged = sum(any(torch.equal(image, source) for source in sources) for image in train_images)
+    assert unchanged <= len(train_images) // 4
 
 
 def test_hyper_loader_distributed_sampler_partitions_per_rank() -> None:
@@ -260,7 +261,7 @@ def test_cifar_download_skips_present_data_and_reports_failures(
     ) as raised:
         CIFAR10DataModule(root=str(tmp_path / "empty"), download=True).prepare_data()
     assert "place torchvision's files for CIFAR-10 at" in str(raised.value)
-    assert "set `dataset.download=true`" not in str(raised.value).lower()  # it was set: no contradiction
+    assert "set `download=true`" not in str(raised.value).lower()  # it was set: no contradiction
     write_cifar10(tmp_path)
     dm = CIFAR10DataModule(root=str(tmp_path), download=True, batch_size=8)
     dm.prepare_data()  # present: torchvision's download() returns before touching the network
@@ -513,12 +514,12 @@ def test_verify_names_every_unreadable_file_before_training(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("cls", "looked_at", "fix"),
     [
-        (CIFAR10DataModule, "cifar-10-batches-py", "dataset.download=true"),
-        (CIFAR100DataModule, "cifar-100-python", "dataset.download=true"),
-        (SVHNDataModule, "train_32x32.mat", "dataset.download=true"),
-        (Flowers102DataModule, "flowers-102", "dataset.download=true"),
-        (PetsDataModule, "oxford-iiit-pet", "dataset.download=true"),
-        (AircraftDataModule, "fgvc-aircraft-2013b", "dataset.download=true"),
+        (CIFAR10DataModule, "cifar-10-batches-py", "`download=True`"),
+        (CIFAR100DataModule, "cifar-100-python", "`download=True`"),
+        (SVHNDataModule, "train_32x32.mat", "`download=True`"),
+        (Flowers102DataModule, "flowers-102", "`download=True`"),
+        (PetsDataModule, "oxford-iiit-pet", "`download=True`"),
+        (AircraftDataModule, "fgvc-aircraft-2013b", "`download=True`"),
         (CarsDataModule, "stanford_cars", "cannot be downloaded"),
         (ImageNetDataModule, "train", "ImageNet cannot be downloaded"),
         (FolderDataModule, "", "cannot be downloaded"),

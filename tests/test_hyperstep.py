@@ -420,3 +420,22 @@ def test_profiler_sees_one_range_per_section_and_per_product():
         "madao/hvp": 3,
         "madao/mixed_derivative": 1,
     }
+
+
+def test_the_config_states_the_library_defaults():
+    """One default per knob: ``augment.hyper`` restates every :class:`HyperStepConfig` field (so each can be
+    overridden on the command line) with the dataclass's own default, and ``augment.policy_optimizer`` is
+    the module's default policy optimiser; a value changed in one place only fails here."""
+    import dataclasses
+
+    from hydra.utils import instantiate
+
+    from madao_pl.optimizers import POLICY_OPTIMIZER
+    from tests.conftest import compose_config
+
+    cfg = compose_config("/tmp/unused")
+    stated = {k: v for k, v in cfg.augment.hyper.items() if k != "_target_"}
+    defaults = {f.name: f.default for f in dataclasses.fields(HyperStepConfig)}
+    assert stated == defaults
+    optimizer = instantiate(cfg.augment.policy_optimizer)
+    assert (optimizer.func, optimizer.keywords) == (POLICY_OPTIMIZER.func, POLICY_OPTIMIZER.keywords)

@@ -7,16 +7,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from madao_pl.models import MODEL_NAMES, SmallCNN, WideResNet, build_model, resnet
+from madao_pl.models import SmallCNN, WideResNet, resnet
+from madao_pl.run import CONF, build
+from tests.conftest import compose_config
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if not p.stem.startswith("_"))
+"""The choices of the Hydra ``model`` group: its files, less the shared ``_*`` ones."""
+
+
+def net_from_config(model: str, num_classes: int, image_size: int = 32) -> nn.Module:
+    """The network of ``model=<model>``, built as a run builds it: the real config tree composed, its
+    ``model.net`` node instantiated by :func:`madao_pl.run.build` for ``num_classes`` (``image_size`` is
+    ``dataset.image_size``, which the ResNet configs read)."""
+    cfg = compose_config("/tmp/unused", f"model={model}", f"dataset.image_size={image_size}")
+    return build(cfg, "model.net", num_classes=num_classes)
 
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_output_shape_32px_and_batchnorm(name: str) -> None:
-    model = build_model(name, num_classes=7, image_size=32)
+    model = net_from_config(name, num_classes=7, image_size=32)
     model.eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 32, 32))
@@ -75,9 +88,7 @@ def test_wrn_structure() -> None:
         WideResNet(depth=27)
 
 
-def test_build_model_unknown_name_lists_choices() -> None:
-    with pytest.raises(ValueError, match="wrn28_2, wrn40_2, wrn28_10, resnet18, resnet50, cnn"):
-        build_model("vgg16", num_classes=10)
+def test_resnet_unknown_arch_lists_choices() -> None:
     with pytest.raises(ValueError, match="resnet18, resnet50"):
         resnet("resnet34", num_classes=10)
 
@@ -118,7 +129,7 @@ def test_double_backward_matches_forward_over_reverse(name: str) -> None:
     the gradient, an independent autodiff path) to 1e-10, and u.Hv = v.Hu. (Finite differences are no
     oracle here: ReLU kinks make the gradient jump, so a central difference of it is off by O(1/eps).)"""
     torch.manual_seed(0)
-    model = build_model(name, num_classes=5, image_size=8).double().train()
+    model = net_from_config(name, num_classes=5, image_size=8).double().train()
     loss = _functional_loss(model, torch.tensor([0, 1, 2, 3]))
     params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
     x = torch.rand(4, 3, 8, 8, dtype=torch.float64, requires_grad=True)
@@ -149,7 +160,7 @@ def test_double_backward_matches_forward_over_reverse(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["resnet18"])
 def test_double_backward_runs_through_resnet(name: str) -> None:
-    model = build_model(name, num_classes=3, image_size=4).train()
+    model = net_from_config(name, num_classes=3, image_size=4).train()
     params = list(model.parameters())
     x = torch.rand(2, 3, 4, 4)
     loss = F.cross_entropy(model(x), torch.tensor([0, 2]))

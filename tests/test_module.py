@@ -329,7 +329,7 @@ def test_plots_shade_the_warm_up_and_fit_the_parameter_axis_to_the_data(tmp_path
     assert {"ShearX apply", "ShearX magnitude (end 0.62 = 0.187 shear)"} <= labels  # 0.6225 x 0.3
 
 
-def test_history_from_an_older_checkpoint_plots_with_todays_names(tmp_path) -> None:
+def test_history_from_an_older_checkpoint_plots_with_the_current_column_names(tmp_path) -> None:
     """Checkpoints of older versions kept per-epoch snapshots whose apply probability was `probability`."""
     stages = MADAOPolicy(num_stages=2).describe()["stages"]
     renamed = {"apply": "probability"}
@@ -360,10 +360,17 @@ class _WithoutHyper(pl.LightningDataModule):
         return self.inner.train_dataloader()
 
 
-def test_sync_batchnorm_is_refused() -> None:
+def test_sync_batchnorm_is_refused(tmp_path) -> None:
+    """At build time, and at fit start: where a ``Trainer(sync_batchnorm=True)`` under DDP has converted
+    the network (after the module was built), before any step."""
     net = nn.SyncBatchNorm.convert_sync_batchnorm(small_net())
-    with pytest.raises(ValueError, match="sync_batchnorm=false"):
+    with pytest.raises(ValueError, match="net: SyncBatchNorm has no double backward"):
         MADAOModule(net, MADAOPolicy(), optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=2)
+    module = make_module(MADAOPolicy())
+    module.net = nn.SyncBatchNorm.convert_sync_batchnorm(module.net)  # what Lightning's layer sync does
+    with pytest.raises(ValueError, match="net: SyncBatchNorm has no double backward"):
+        make_trainer(tmp_path, epochs=1).fit(module, datamodule=BrightnessData(n=64))
+    assert int(module.hyper_steps) == 0 and module.trainer.global_step == 0
 
 
 def test_plots_of_a_policy_with_identity_stack_15_choices_and_rank_only_the_ops(

@@ -33,10 +33,10 @@ from madao_pl.augment import (
     conditional_logistic,
     describe_stage,
     get_operation,
-    gumbel_noise,
     randaugment_magnitude,
-    relaxed_one_hot,
+    relaxed_log_one_hot,
 )
+from madao_pl.augment.stage import draw_uniform, gumbel_from_uniform
 
 N_OPS = len(OP_NAMES)
 SKEWED_LOGITS = torch.linspace(-1.5, 1.5, N_OPS)[
@@ -221,13 +221,24 @@ def test_temperature_does_not_change_selection_frequencies(temperature):
     assert_frequencies(counts, 20000, torch.softmax(SKEWED_LOGITS, 0), f"selection at tau={temperature}")
 
 
-def test_relaxed_one_hot_applies_the_temperature_once():
+def test_relaxed_log_one_hot_applies_the_temperature_once():
+    """sample_stage's relaxed selection, log u, is the log of softmax((pi + g) / tau): for one draw (B, N)
+    and for S draws (S, B, N), as the Gumbel-Rao path passes them. With tau applied twice,
+    (pi / tau + g) / tau, or to the logits only, pi / tau + g, u is far from that, so either mistake fails."""
     logits = SKEWED_LOGITS.double()
-    g = gumbel_noise((5, N_OPS), generator=gen(0)).double()
+    g = gumbel_from_uniform(draw_uniform((3, 5, N_OPS), gen(0), torch.device("cpu"))).double()
     tau = 0.3
-    expected = torch.exp((logits + g) / tau) / torch.exp((logits + g) / tau).sum(-1, keepdim=True)
-    assert torch.allclose(relaxed_one_hot(logits, g, tau), expected, rtol=1e-12, atol=0)
-    assert not torch.allclose(relaxed_one_hot(logits / tau, g, tau), expected)
+
+    def softmax(z: torch.Tensor) -> torch.Tensor:
+        return torch.exp(z) / torch.exp(z).sum(-1, keepdim=True)
+
+    expected = softmax((logits + g) / tau)
+    for noise, want in ((g[0], expected[0]), (g, expected)):
+        log_u = relaxed_log_one_hot(logits, noise, tau)
+        assert log_u.shape == want.shape
+        assert torch.allclose(log_u.exp(), want, rtol=1e-12, atol=0)
+    for wrong in ((logits / tau + g) / tau, logits / tau + g):
+        assert not torch.allclose(softmax(wrong), expected, rtol=1e-3, atol=1e-3)
 
 
 def test_sample_stage_selection_is_the_gumbel_softmax_of_its_noise_and_gradient_is_one_over_tau():
@@ -239,7 +250,7 @@ def test_sample_stage_selection_is_the_gumbel_softmax_of_its_noise_and_gradient_
     tau = 0.5
     policy = skewed_policy(temperature=tau)
     sample = policy.sample_stage(64, 0, generator=gen(11), relaxed=True)
-    g = gumbel_noise((64, N_OPS + 2), generator=gen(11))[:, :N_OPS]
+    g = gumbel_from_uniform(draw_uniform((64, N_OPS + 2), gen(11), torch.device("cpu"))[:, :N_OPS])
     u = torch.softmax((SKEWED_LOGITS + g) / tau, dim=-1)
     assert torch.equal(sample.op_index, u.argmax(-1))
     one_hot = torch.nn.functional.one_hot(sample.op_index, N_OPS).float()
@@ -258,7 +269,7 @@ def test_conditional_gumbels_sample_the_noise_given_the_winner():
     softmax((pi + g) / tau) as unconditional draws filtered on that event (rejection sampling)."""
     torch.manual_seed(0)
     logits, tau, n = torch.tensor([0.5, -0.3, 0.2, 1.0]), 0.5, 200_000
-    g = gumbel_noise((n, 4))
+    g = gumbel_from_uniform(draw_uniform((n, 4), None, torch.device("cpu")))
     u, winner = torch.softmax((logits + g) / tau, -1), (logits + g).argmax(-1)
     for d in range(4):
         cond = conditional_gumbels(logits, torch.tensor([d]), torch.rand(n, 1, 5))[:, 0]
@@ -348,8 +359,8 @@ def test_forward_value_equals_the_hard_selected_op_and_selection_gradient_is_exa
     out = policy(x, generator=gen(4))
     sample = policy.sample_stage(48, 0, generator=gen(4))
     # The relaxed one-hot u the stage drew: the Gumbel noise is the first 14 of its 16 uniform columns.
-    g = gumbel_noise((48, N_OPS + 2), generator=gen(4))[:, :N_OPS]
-    u = relaxed_one_hot(policy.logits[0].detach(), g, 0.5)
+    g = gumbel_from_uniform(draw_uniform((48, N_OPS + 2), gen(4), torch.device("cpu"))[:, :N_OPS])
+    u = relaxed_log_one_hot(policy.logits[0].detach(), g, 0.5).exp()
     assert torch.equal(sample.op_index, u.argmax(-1))
     assert torch.equal(sample.apply_weight.detach(), torch.ones(48))
     assert torch.equal(sample.scale.detach(), torch.ones(48))

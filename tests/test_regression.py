@@ -13,11 +13,11 @@ more than the instruction set that ``torch.backends.cpu.get_cpu_capability()`` n
 error 0.66 and 0.70. So the float64 parts are compared to those tolerances, and the fit to what rounding
 moves only at a threshold: its hyper steps and Hessian products (the schedule, against the record; the
 adaptive series' stop is a float32 comparison, so even a mathematically identical kernel can move the
-count: a closed-form BatchNorm double backward moved it from 53 to 51) and its reproducibility (a second
-fit in the same process repeats the first bit for bit). ``by_cpu_capability``
-holds the AVX512 record that ``tests/data/record_regression.py``'s computations took on the code after the
-redesign (whose outputs on AVX2 matched the first recording); its ``fit`` test error is history, not a
-check.
+count: a closed-form BatchNorm double backward, tried in the kept-graph path and not kept there, moved it
+from 53 to 51) and its reproducibility (a second fit in the same process repeats the first bit for bit).
+``by_cpu_capability`` holds the AVX512 record that ``tests/data/record_regression.py``'s computations took
+on the code after the redesign (whose outputs on AVX2 matched the first recording); its ``fit`` test error
+is history, not a check.
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def test_segmented_refuses_another_loss_and_other_networks():
             net, policy, (images, labels), (val_images, val_labels), normalize=lambda x: x,
             config=config, loss=doubled,
         )  # fmt: skip
-    with pytest.raises(ValueError, match="has no labels"):
+    with pytest.raises(ValueError, match="labels: segmented products take f .* and this f has none"):
         hyper_step(
             net, policy, (images, None), (val_images, None), normalize=lambda x: x, config=config,
             loss=lambda inputs, _: net(inputs).square().mean(),

@@ -229,6 +229,9 @@ def test_ssl_with_a_fixed_policy_and_its_mistakes(tmp_path: Path) -> None:
         ConfigError, match=r"task.network.temperature=0.0 is invalid: temperature must be > 0"
     ):
         train(compose_config(tmp_path / "d", *SSL_TINY, "task.network.temperature=0.0"))
+    segmented = r"^augment.hyper.segmented=True is invalid: segmented=True takes f = the cross-entropy"
+    with pytest.raises(ConfigError, match=segmented):  # an argument of the hyper node the module takes
+        train(compose_config(tmp_path / "e", *SSL_TINY, "augment.hyper.segmented=true"))
 
 
 class QueueCheck(pl.Callback):

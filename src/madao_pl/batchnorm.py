@@ -1,10 +1,12 @@
 """Train-mode BatchNorm with closed-form forward-mode derivatives of its forward *and* its backward.
 
 Forward-over-reverse products (:mod:`madao_pl.segmented`) take ``jvp`` of ``vjp`` of every layer. PyTorch has
-no forward-mode formula of BatchNorm's backward: it traces the decomposed backward op by op, which made
-BatchNorm about 40 % of a product's time on a WRN. Here both derivatives are written out per channel over
-the ``N = B * H * W`` values, with ``x_hat = (x - mean) r``, ``r = (var + eps)^(-1/2)`` (biased variance)
-and the operator ``P(z) = z - mean(z) - x_hat mean(x_hat z)``, self-adjoint under the sum over the channel:
+no forward-mode formula of BatchNorm's backward: it traces the decomposed backward op by op, many small
+kernels per BatchNorm layer, and the networks here have one after nearly every convolution, so these weigh
+on every segmented product (its measured cost: ``madao_segmented`` in ``benchmarks/README.md``). Here both
+derivatives are written out per channel over the ``N = B * H * W`` values, with ``x_hat = (x - mean) r``,
+``r = (var + eps)^(-1/2)`` (biased variance) and the operator ``P(z) = z - mean(z) - x_hat mean(x_hat z)``,
+self-adjoint under the sum over the channel:
 
 - forward ``y = gamma x_hat + beta``; its tangent ``dy = dgamma x_hat + gamma r P(dx) + dbeta``;
 - backward of a cotangent ``g``: ``gx = gamma r P(g)``, ``ggamma = sum g x_hat``, ``gbeta = sum g``;

@@ -113,8 +113,8 @@ def _class_metrics(policy: Any) -> dict[str, float]:
 
 
 def _current_names(values: dict[str, Any]) -> dict[str, Any]:
-    """One op's values (or a history row) as saved by an older version, with today's names: the apply
-    probability was ``probability``."""
+    """One op's values (or a history row) as saved by an older version, with the current key (column)
+    names: the apply probability was ``probability``."""
     return {("apply" if k == "probability" else k): v for k, v in values.items()}
 
 

@@ -130,11 +130,17 @@ def neumann(hvp: HVP, v: Vector, *, alpha: float, steps: int) -> tuple[Vector, S
     It converges to ``H^{-1} v`` as ``J -> inf`` for positive definite ``H``
     and ``0 < alpha < 2 / lambda_max``.
     """
-    term, total = v, tuple(t.clone() for t in v)
+    total = _neumann_terms(hvp, v, tuple(t.clone() for t in v), alpha=alpha, steps=steps)
+    return tuple(alpha * p for p in total), SolveInfo("neumann", hvps=steps, terms=steps + 1)
+
+
+def _neumann_terms(hvp: HVP, term: Vector, total: Vector, *, alpha: float, steps: int) -> Vector:
+    """``steps`` more terms of :func:`neumann`'s loop from the term ``v_j`` and the sum ``p`` so far: the
+    new sum (not yet times ``alpha``)."""
     for _ in range(steps):
         term = tuple(t - alpha * h for t, h in zip(term, hvp(term), strict=True))
         total = tuple(p + t for p, t in zip(total, term, strict=True))
-    return tuple(alpha * p for p in total), SolveInfo("neumann", hvps=steps, terms=steps + 1)
+    return total
 
 
 def adaptive_neumann(
@@ -177,15 +183,18 @@ def adaptive_neumann(
         if tail <= tol * total_norm:
             return tuple(alpha * s for s in total), SolveInfo("neumann-adaptive", k, k + 1, alpha * tail)
         if ratio * (J - k) / (k + 2) >= 1:
-            term = tuple(sum(math.comb(k, i) * terms[i][n] for i in range(k + 1)) for n in range(len(v)))
-            acc = tuple(
-                sum(math.comb(k + 1, i + 1) * terms[i][n] for i in range(k + 1)) for n in range(len(v))
-            )
-            for _ in range(J - k):
-                term = tuple(t - alpha * h for t, h in zip(term, hvp(term), strict=True))
-                acc = tuple(p + t for p, t in zip(acc, term, strict=True))
+            term = _combination(terms, [math.comb(k, i) for i in range(k + 1)])  # v_k
+            acc = _combination(terms, [math.comb(k + 1, i + 1) for i in range(k + 1)])  # v_0 + ... + v_k
+            acc = _neumann_terms(hvp, term, acc, alpha=alpha, steps=J - k)
             return tuple(alpha * p for p in acc), SolveInfo("neumann-adaptive", J, J + 1)
     return tuple(alpha * s for s in total), SolveInfo("neumann-adaptive", k, k + 1)
+
+
+def _combination(terms: list[Vector], coefficients: list[int]) -> Vector:
+    """``sum_i coefficients[i] * terms[i]``, per tensor of the vectors."""
+    return tuple(
+        sum(c * term[n] for c, term in zip(coefficients, terms, strict=True)) for n in range(len(terms[0]))
+    )
 
 
 def top_eigenvalue(hvp: HVP, start: Vector, *, iterations: int) -> float:

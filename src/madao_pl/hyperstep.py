@@ -22,9 +22,10 @@ is not replayed: use dropout 0 with it.
 ``segmented=True`` keeps no second-order graph either: each product is taken one network segment at a time
 by :class:`madao_pl.segmented.SegmentedProducts` (forward-over-reverse from the kept segment boundaries), so
 the peak is about a training step's. ``f`` itself comes from one ordinary forward without a graph (which also
-updates the BatchNorm running statistics, as an inner step does), and ``df/dtheta`` from the first Hessian
-product's primal backward (an ordinary backward when no product is taken or ``direction_only`` needs it
-first). It needs ``f`` to be the cross-entropy of the network's logits and a network that says how it splits
+updates the BatchNorm running statistics, as an inner step does), and ``df/dtheta`` from the products'
+first pass (its primal backward; the mixed derivative's pass if the solver takes no Hessian product), or from
+an ordinary backward for a fixed policy and when ``direction_only`` needs it before the products. It needs
+``f`` to be the cross-entropy of the network's logits against labels and a network that says how it splits
 (:func:`madao_pl.models.network_segments`); the products' loss is checked against the hyper step's ``f``.
 Exact up to rounding; slower per product.
 
@@ -224,8 +225,8 @@ def check_network(net: nn.Module) -> None:
     """Raise a ``ValueError`` if ``net`` holds a layer without the double backward the hyper step needs."""
     if any(isinstance(m, nn.SyncBatchNorm) for m in net.modules()):
         raise ValueError(
-            "sync_batchnorm: SyncBatchNorm has no double backward, which the MADAO hyper step needs; "
-            "use plain BatchNorm (trainer.sync_batchnorm=false)"
+            "net: SyncBatchNorm has no double backward, which the MADAO hyper step needs; use plain "
+            "BatchNorm (Trainer(sync_batchnorm=False))"
         )
 
 
@@ -368,26 +369,8 @@ def hyper_step(
         else:
             train_loss, grads = train_gradient(create_graph=not (config.recompute or config.segmented))
     network_grads = _detached(grads, params) if grads else ()
-    if config.segmented:
-        del grads
-        segmented = _segmented_products(net, params, inputs, labels)
-
-        def hvp(u: Vector) -> Vector:
-            return segmented(u, inputs=False)[0]  # type: ignore[return-value]
-
-        def input_vjp(u: Vector) -> Vector:
-            return (segmented(u, parameters=False)[1],)  # type: ignore[return-value]
-    elif config.recompute:
-        del grads
-
-        def hvp(u: Vector) -> Vector:
-            return second_order_vjp(train_gradient(True)[1], params, retain_graph=False)(u)
-
-        def input_vjp(u: Vector) -> Vector:
-            return second_order_vjp(train_gradient(True)[1], [inputs], retain_graph=False)(u)
-    else:
-        hvp = second_order_vjp(grads, params)
-        input_vjp = second_order_vjp(grads, [inputs])
+    hvp, input_vjp, segmented = _products(config, net, params, inputs, labels, grads, train_gradient)
+    del grads
 
     with record_function("madao/validation_gradient"), torch.enable_grad():
         was_training = net.training
@@ -412,28 +395,61 @@ def hyper_step(
             product = _ranged(hvp if config.damping == 0 else _damped(hvp, config.damping))
             mixed = _direction_only(mixed_vjp, network_grads) if config.direction_only else mixed_vjp
             hypergrad, info = implicit_hypergradient(product, mixed, val_grads, config.solver())
-        if config.segmented:
+        if segmented is not None:
             _check_same_loss(segmented.loss_value, train_loss)
         if from_products:
             network_grads = tuple(g.detach() for g in segmented.gradient)  # type: ignore[union-attr]
-        penalty = policy.penalty()  # part of the outer objective: its gradient is direct
-        if penalty is not None:
-            direct = torch.autograd.grad(penalty, hparams, allow_unused=True)
-            hypergrad = tuple(h if d is None else h + d for h, d in zip(hypergrad, direct, strict=True))
+        hypergrad = _with_penalty(policy, hparams, hypergrad)
     return HyperStepResult(
         hypergrad, network_grads, train_loss.detach(), held_out_loss.detach(), info, inputs.detach()
     )
 
 
-def _segmented_products(
-    net: nn.Module, params: list[nn.Parameter], inputs: Tensor, labels: Tensor | None
-) -> SegmentedProducts:
-    if labels is None:
-        raise ValueError(
-            "segmented products take f = the cross-entropy of the network's logits, and this task's f has "
-            "no labels (the self-supervised loss): set segmented=False"
-        )
-    return SegmentedProducts(network_segments(net), params, inputs, labels)
+def _products(
+    config: HyperStepConfig,
+    net: nn.Module,
+    params: list[nn.Parameter],
+    inputs: Tensor,
+    labels: Tensor | None,
+    grads: tuple[Tensor | None, ...],
+    train_gradient: Callable[[bool], tuple[Tensor, tuple[Tensor | None, ...]]],
+) -> tuple[HVP, Callable[[Vector], Vector], SegmentedProducts | None]:
+    """The hyper step's two second-order products in ``config``'s memory mode: ``u -> H u`` and ``u ->
+    d/dx <df/dtheta, u>`` (as a 1-tuple), and the segmented products object (None in the other modes).
+
+    Kept graph: both differentiate ``grads`` (``df/dtheta`` taken with ``create_graph``). ``recompute``:
+    each call rebuilds ``df/dtheta`` by ``train_gradient(True)`` and frees it. ``segmented``: one network
+    segment at a time (:class:`madao_pl.segmented.SegmentedProducts`)."""
+    if config.segmented:
+        products = SegmentedProducts(network_segments(net), params, inputs, labels)
+
+        def hvp(u: Vector) -> Vector:
+            return products(u, inputs=False)[0]  # type: ignore[return-value]
+
+        def input_vjp(u: Vector) -> Vector:
+            return (products(u, parameters=False)[1],)  # type: ignore[return-value]
+
+        return hvp, input_vjp, products
+    if config.recompute:
+
+        def hvp(u: Vector) -> Vector:
+            return second_order_vjp(train_gradient(True)[1], params, retain_graph=False)(u)
+
+        def input_vjp(u: Vector) -> Vector:
+            return second_order_vjp(train_gradient(True)[1], [inputs], retain_graph=False)(u)
+
+        return hvp, input_vjp, None
+    return second_order_vjp(grads, params), second_order_vjp(grads, [inputs]), None
+
+
+def _with_penalty(policy: Policy, hparams: list[nn.Parameter], hypergrad: Vector) -> Vector:
+    """``hypergrad`` plus the gradient of the policy's penalty (part of the outer objective, so its
+    gradient is direct), if the policy has one."""
+    penalty = policy.penalty()
+    if penalty is None:
+        return hypergrad
+    direct = torch.autograd.grad(penalty, hparams, allow_unused=True)
+    return tuple(h if d is None else h + d for h, d in zip(hypergrad, direct, strict=True))
 
 
 def _check_same_loss(segmented: Tensor | None, train_loss: Tensor) -> None:

@@ -205,7 +205,7 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
         """Refuse segmented products at build time, not at the first hyper step after the warm-up."""
         if type(self).training_loss is not MADAOModule.training_loss:
             raise ValueError(
-                f"segmented products take f = the cross-entropy of the network's logits, and "
+                f"segmented=True takes f = the cross-entropy of the network's logits, and "
                 f"{type(self).__name__} trains another loss: set segmented=False"
             )
         network_segments(self.net)  # a network that does not say how it splits gets a ValueError
@@ -217,9 +217,11 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
         self.hyper_batches.restart()
 
     def on_fit_start(self) -> None:
-        """Check the held-out loader exists (not only after the warm-up), then start every rank from rank
-        0's policy, each with its own augmentation draws (`madao_pl.fit_state.FitStateHooks`)."""
+        """Check the network (Lightning may have converted its BatchNorm layers), the precision and that the
+        held-out loader exists (not only after the warm-up), then start every rank from rank 0's policy, each
+        with its own augmentation draws (`madao_pl.fit_state.FitStateHooks`)."""
         if self.learns_policy:
+            check_network(self.net)
             check_precision(self.trainer.precision)
             hyper_dataloader(self._trainer)
         self._steps_since_warmup = int(self.inner_step)

@@ -9,6 +9,7 @@ logger's files. Hydra builds objects only; the logic lives in the modules it nam
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -16,7 +17,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +130,11 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+def build(cfg: DictConfig, key: str, sources: tuple[str, ...] = (), **kwargs: Any) -> Any:
     """``instantiate`` the node at ``key``; a ``ValueError`` of the object built becomes a one-line
     :class:`ConfigError` naming the config key of the argument it names (the library's messages start with
     the argument's name; an argument set by interpolation, ``${augment.inner_steps}``, is named by its
-    source)."""
+    source; one of an object passed in whole, built from a node of ``sources``, by that node's key)."""
     node = OmegaConf.select(cfg, key)
     try:
         return instantiate(node, _convert_="object", **kwargs)
@@ -149,7 +150,7 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
             raise ConfigError(f"{key}: no such file: {cause.filename}") from None
         if not isinstance(cause, ValueError) or isinstance(cause, DatasetNotFoundError):
             raise
-        raise ConfigError(_name_key(cfg, key, cause)) from None
+        raise ConfigError(config_terms(cfg, key, _name_key(cfg, key, cause, sources))) from None
 
 
 def build_module(
@@ -170,21 +171,57 @@ def build_module(
     policy = build(cfg, "augment.policy", **({"num_classes": num_classes} if unknown else {}))
     hyper = build(cfg, "augment.hyper")
     return build(
-        cfg, "module", net=net, policy=policy, hyper=hyper, num_classes=num_classes, mean=mean, std=std
-    )
+        cfg, "module", ("augment.hyper",), net=net, policy=policy, hyper=hyper, num_classes=num_classes,
+        mean=mean, std=std,
+    )  # fmt: skip
 
 
-def _name_key(cfg: DictConfig, key: str, error: ValueError) -> str:
-    """``<config key>=<value> is invalid: <message>`` for the argument the message starts with."""
+def _name_key(cfg: DictConfig, key: str, error: ValueError, sources: tuple[str, ...] = ()) -> str:
+    """``<config key>=<value> is invalid: <message>`` for the argument the message starts with: one of the
+    node at ``key``, else one of a node of ``sources``; ``<key>: <message>`` when neither has it."""
     match = re.match(r"\w+", str(error))
-    raw = OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=False)
     argument = match.group(0) if match else ""
-    if not isinstance(raw, dict) or argument not in raw:
-        return f"{key}: {error}"
-    source = raw[argument]
-    interpolation = re.fullmatch(r"\$\{([\w.]+)\}", source) if isinstance(source, str) else None
-    full_key = interpolation.group(1) if interpolation else f"{key}.{argument}"
-    return f"{full_key}={OmegaConf.select(cfg, full_key)!r} is invalid: {error}"
+    for node in (key, *sources):
+        raw = OmegaConf.to_container(OmegaConf.select(cfg, node), resolve=False)
+        if isinstance(raw, dict) and argument in raw:
+            full_key = _source_key(raw[argument], f"{node}.{argument}")
+            return f"{full_key}={OmegaConf.select(cfg, full_key)!r} is invalid: {error}"
+    return f"{key}: {error}"
+
+
+def _source_key(value: Any, key: str) -> str:
+    """The config key a value comes from: ``a.b`` for an interpolation ``${a.b}``, else ``key``."""
+    interpolation = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+    return interpolation.group(1) if interpolation else key
+
+
+def config_terms(cfg: DictConfig, key: str, text: str) -> str:
+    """``text`` with each argument of the node at ``key`` that it names between backticks (root,
+    download=True) written as its config key, still between backticks (dataset.root, dataset.download=true):
+    the library's messages name arguments, a run's name the keys to set."""
+    raw = OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=False)
+    if not isinstance(raw, dict):
+        return text
+
+    def rename(match: re.Match[str]) -> str:
+        argument, value = match.groups()
+        if argument not in raw:
+            return match.group(0)
+        full_key = _source_key(raw[argument], f"{key}.{argument}")
+        value = {"True": "true", "False": "false", "None": "null"}.get(value, value)
+        return f"`{full_key}`" if value is None else f"`{full_key}={value}`"
+
+    return re.sub(r"`(\w+)(?:=([^`]*))?`", rename, text)
+
+
+@contextlib.contextmanager
+def _data_errors_name_keys(cfg: DictConfig) -> Iterator[None]:
+    """Re-raise a :class:`DatasetNotFoundError` with the arguments it names as config keys
+    (:func:`config_terms` of ``dataset.datamodule``)."""
+    try:
+        yield
+    except DatasetNotFoundError as error:
+        raise DatasetNotFoundError(config_terms(cfg, "dataset.datamodule", str(error))) from None
 
 
 def _check_launch(cfg: DictConfig) -> None:
@@ -284,15 +321,24 @@ def continue_run(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; write the run's outputs; return results.json's content."""
+    with _data_errors_name_keys(cfg):
+        return _fit_and_test(cfg)
+
+
+def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`train`'s work: check, build, fit, test, write the outputs."""
     check_config(cfg)
     continue_run(cfg)
     out = output_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg, "dataset.datamodule")
     num_classes = cfg.dataset.num_classes
-    if num_classes is None:
-        datamodule.prepare_data()
-        datamodule.setup("fit")
+    if num_classes is None:  # read from the data (dataset=folder): a layout it refuses is a config error
+        try:
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+        except ValueError as error:
+            raise ConfigError(config_terms(cfg, "dataset.datamodule", f"dataset: {error}")) from None
         num_classes = datamodule.num_classes
     module = build_module(cfg, num_classes, datamodule.mean, datamodule.std)
     policy = module.policy

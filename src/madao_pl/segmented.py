@@ -16,8 +16,9 @@ forward-over-reverse (Pearlmutter's R-operator), checkpointed at the segment bou
 ``(H u)_l`` is the tangent of ``df/dtheta_l``, and the tangent ``dd_0`` of ``df/dx`` is
 ``d2f/dx dtheta u = d/dx <df/dtheta, u>`` (second derivatives commute): one pass gives both, and a pass
 that needs one of them skips the work only the other needs (the input gradient of the first segment; the
-parameter gradients). The primal ``g_l`` of step 3 is ``df/dtheta_l`` itself: the first pass that takes
-``H u`` keeps it (:attr:`SegmentedProducts.gradient`), so the hyper step needs no backward of its own.
+parameter gradients). The primal ``g_l`` of step 3 is ``df/dtheta_l`` itself: the first pass keeps it
+(:attr:`SegmentedProducts.gradient`; a first pass asked for the input product alone then takes the
+parameters' backward too), so the hyper step needs no backward of its own.
 The peak is the boundaries (two tensors per segment) plus one segment's internals, instead of all of them
 three times. BatchNorm's derivatives are taken in closed form (:mod:`madao_pl.batchnorm`; PyTorch traces
 the forward-mode derivative of its backward op by op). Exact up to rounding (``tests/test_segmented.py``
@@ -98,6 +99,11 @@ class SegmentedProducts:
         labels: Tensor,
         loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     ) -> None:
+        if labels is None:
+            raise ValueError(
+                "labels: segmented products take f = the cross-entropy of the network's logits against "
+                "labels, and this f has none (a self-supervised loss): use the kept or recomputed graph"
+            )
         check_segments(segments, params)
         self.segments, self.params = list(segments), list(params)
         self.inputs, self.labels, self.loss = inputs.detach(), labels, loss
@@ -113,8 +119,9 @@ class SegmentedProducts:
     ) -> tuple[Vector | None, Tensor | None]:
         """``(H u aligned with params, d/dx <df/dtheta, u> shaped like inputs)`` for ``u`` aligned with
         ``params``; ``parameters=False`` or ``inputs=False`` skips that product (None in its place) and the
-        backward work only it needs. The first call that takes ``H u`` also keeps the first-order gradient
-        ``df/dtheta`` (its primal backward) in :attr:`gradient`."""
+        backward work only it needs. The first call also keeps the first-order gradient ``df/dtheta`` (its
+        primal backward, so it takes the parameters' backward even if asked for the input product alone) in
+        :attr:`gradient`."""
         if not (parameters or inputs):
             raise ValueError("SegmentedProducts: ask for at least one of parameters and inputs")
         parameters = parameters or self.gradient is None

@@ -29,8 +29,7 @@ from madao_pl.augment.stage import (
     apply_stage,
     conditional_gumbels,
     conditional_logistic,
-    gumbel_noise,
-    relaxed_one_hot,
+    relaxed_log_one_hot,
 )
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
     "cutout",
     "describe_stage",
     "get_operation",
-    "gumbel_noise",
     "randaugment_magnitude",
-    "relaxed_one_hot",
+    "relaxed_log_one_hot",
 ]

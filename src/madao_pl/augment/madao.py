@@ -44,6 +44,7 @@ from madao_pl.augment.stage import (
     draw_uniform,
     gumbel_from_uniform,
     logistic_from_uniform,
+    relaxed_log_one_hot,
     signs_from_uniform,
 )
 
@@ -316,7 +317,7 @@ class _CategoricalPolicy(Policy):
             return self._rao_blackwellised(batch_size, generator, device, logits, gumbels, logistic, sign,
                                            probability, magnitude_full)  # fmt: skip
         if relaxed:
-            log_u = torch.log_softmax((logits + gumbels) / self.temperature, dim=-1)
+            log_u = relaxed_log_one_hot(logits, gumbels, self.temperature)
             op_index = log_u.argmax(dim=-1)
             log_u_i = log_u.gather(1, op_index[:, None]).squeeze(1)
             scale = torch.exp(log_u_i - log_u_i.detach())
@@ -361,7 +362,7 @@ class _CategoricalPolicy(Policy):
             given = conditional_gumbels(logits, choice, extra[..., : num_ops + 1])
             noise = torch.cat([gumbels[None], given])
             levels = torch.cat([logistic[None], conditional_logistic(logit_p, hard, extra[..., num_ops + 1])])
-        log_u = torch.log_softmax((logits + noise) / self.temperature, dim=-1)
+        log_u = relaxed_log_one_hot(logits, noise, self.temperature)  # (S, B, N)
         mean_log_u = log_u.gather(2, choice.view(1, -1, 1).expand(len(noise), -1, 1)).squeeze(2).mean(0)
         scale = torch.exp(mean_log_u - mean_log_u.detach())
         relaxed = torch.sigmoid(

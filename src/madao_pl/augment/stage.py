@@ -43,9 +43,8 @@ __all__ = [
     "draw_randint",
     "draw_uniform",
     "gumbel_from_uniform",
-    "gumbel_noise",
     "logistic_from_uniform",
-    "relaxed_one_hot",
+    "relaxed_log_one_hot",
     "signs_from_uniform",
 ]
 
@@ -217,7 +216,7 @@ def apply_stage(
         magnitudes, signs = _gather(magnitude, active, dtype), _gather(sign, active, dtype)
         weights = None if hard else _gather(apply_weight, active, dtype).view(-1, 1, 1, 1)
         # Each group is gathered and written back on its own: batch-sized temporaries would make the
-        # allocator hand pages back to the system and fault them in again (measured: 10x the page faults).
+        # allocator hand pages back to the system and fault them in again on every call.
         out = torch.empty_like(images) if skipped == 0 else images.clone()  # every row is overwritten
     else:
         out = images  # nothing applied: no copy
@@ -309,31 +308,26 @@ def logistic_from_uniform(u: Tensor) -> Tensor:
     return torch.log(u) - torch.log1p(-u)
 
 
-def gumbel_noise(
-    shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str = "cpu"
-) -> Tensor:
-    """Standard Gumbel noise ``-log(-log U)`` of ``shape``, float32, from ``generator`` (U clamped away
-    from 0), returned on ``device``."""
-    u = draw_uniform(shape, generator, torch.device(device))
-    return gumbel_from_uniform(u)
+def relaxed_log_one_hot(logits: Tensor, gumbels: Tensor, temperature: float) -> Tensor:
+    """Log of the Gumbel-softmax sample (Jang et al. 2017; paper eq. 10)::
 
-
-def relaxed_one_hot(logits: Tensor, gumbels: Tensor, temperature: float) -> Tensor:
-    """Gumbel-softmax sample ``u = softmax((logits + g) / tau)`` (Jang et al. 2017; paper eq. 10).
+        u = softmax((logits + g) / tau),    log u = log_softmax((logits + g) / tau)
 
     The temperature divides ``logits + g`` once. (Dividing the logits by tau before adding the noise, as a
     public implementation did, samples ``argmax`` from ``softmax(logits / tau)`` instead of
-    ``softmax(logits)``.)
+    ``softmax(logits)``.) :meth:`madao_pl.augment.madao.MADAOPolicy.sample_stage` draws its relaxed
+    selection with it; the straight-through factor ``exp(log u_i - stopgrad(log u_i))`` reads ``log u``.
 
     Args:
         logits: ``(N,)`` or ``(B, N)`` unnormalised log-probabilities ``pi``.
-        gumbels: ``(B, N)`` standard Gumbel noise.
+        gumbels: ``(..., B, N)`` standard Gumbel noise (leading dimensions broadcast, e.g. ``S`` draws).
         temperature: ``tau > 0``.
 
     Returns:
-        ``(B, N)`` points of the simplex; ``argmax`` is distributed as ``softmax(logits)`` for every tau.
+        ``(..., B, N)`` logs of points of the simplex; ``argmax`` is distributed as ``softmax(logits)`` for
+        every tau.
     """
-    return torch.softmax((logits + gumbels) / temperature, dim=-1)
+    return torch.log_softmax((logits + gumbels) / temperature, dim=-1)
 
 
 def conditional_gumbels(logits: Tensor, index: Tensor, uniform: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from torchvision.transforms import v2
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-DOWNLOAD_HINT = "Set `dataset.download=true` to download it there, or point `dataset.root` at a copy."
+DOWNLOAD_HINT = "Set `download=True` to download it there, or point `root` at a copy."
 
 
 def default_workers(most: int = 4) -> int:
@@ -45,8 +45,9 @@ def default_workers(most: int = 4) -> int:
 class DatasetNotFoundError(FileNotFoundError):
     """A data set is missing (or incomplete / fails its checksum) at the path the datamodule looked at.
 
-    The message names that path and the fix: ``dataset.download=true`` for the downloadable sets, or
-    where to put the files for those that cannot be downloaded (ImageNet, Stanford Cars, folders).
+    The message names that path and the fix: ``download=True`` for the downloadable sets, or where to put
+    the files for those that cannot be downloaded (ImageNet, Stanford Cars, folders). Arguments are named in
+    backticks, which ``madao_pl.run`` rewrites as their config keys (``dataset.download=true``).
     """
 
 

@@ -67,7 +67,7 @@ class _ImageFolderDataModule(ImageDataModule):
     def _missing(self, path: str, err: Exception) -> DatasetNotFoundError:
         return DatasetNotFoundError(
             f"no image-folder data set at '{path}' ({err}). This data cannot be downloaded "
-            f"(`dataset.download` has no effect): {self.layout_hint}"
+            f"(`download` has no effect): {self.layout_hint}"
         )
 
     @property
@@ -183,7 +183,7 @@ class FolderDataModule(_ImageFolderDataModule):
 
     layout_hint = (
         "put the training images at <root>/<class name>/<image file> (and optionally test images at "
-        "<test_root>/<class name>/<image file>) and set dataset.root (and dataset.test_root)."
+        "<test_root>/<class name>/<image file>) and set `root` (and `test_root`)."
     )
 
     def __init__(self, root: str | None = None, test_root: str | None = None, **kwargs: Any) -> None:
@@ -204,7 +204,7 @@ class FolderDataModule(_ImageFolderDataModule):
                 if others:
                     raise ValueError(
                         f"'{self.root}' holds a train/ folder next to other folders ({others[:5]}): point "
-                        "dataset.root at the folder of class folders, or keep only train/ and test/ (or val/)"
+                        "`root` at the folder of class folders, or keep only train/ and test/ (or val/)"
                     )
                 test = os.path.join(self.root, splits[0]) if splits else None
                 self._layout = (os.path.join(self.root, "train"), self.test_root or test)
@@ -232,7 +232,7 @@ class ImageNetDataModule(_ImageFolderDataModule):
 
     layout_hint = (
         "ImageNet cannot be downloaded automatically; put ILSVRC-2012 at <root>/train/<wnid>/*.JPEG and "
-        "<root>/val/<wnid>/*.JPEG (validation images sorted into class folders) and set dataset.root."
+        "<root>/val/<wnid>/*.JPEG (validation images sorted into class folders) and set `root`."
     )
 
     default_root = "data/imagenet"

@@ -62,7 +62,7 @@ class TorchvisionDataModule(ImageDataModule):
             where = self.path_of(split)
             fix = (
                 f"Without network access, place torchvision's files for {self.dataset_name} at '{where}' "
-                "(copied from a machine that downloaded them) and run with dataset.download=false."
+                "(copied from a machine that downloaded them) and run with `download=False`."
                 if download
                 else self.download_hint
             )
@@ -92,7 +92,7 @@ class _NativeSizeDataModule(TorchvisionDataModule):
         if image_size != self.native_size:
             raise ValueError(
                 f"{self.dataset_name} images are {self.native_size}x{self.native_size}; "
-                f"set dataset.image_size={self.native_size} (got {image_size})"
+                f"set `image_size={self.native_size}` (got {image_size})"
             )
 
     def transforms(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
@@ -223,7 +223,7 @@ class CarsDataModule(_FineGrainedDataModule):
     download_hint = (
         "Stanford Cars cannot be downloaded any more: put it at <root>/stanford_cars as torchvision "
         "expects (devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat, "
-        "cars_train/, cars_test/) and set dataset.root to <root>."
+        "cars_train/, cars_test/) and set `root` to <root>."
     )
 
     def _present(self, split: str) -> bool:
