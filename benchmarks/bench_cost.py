@@ -22,7 +22,7 @@ its references (:data:`CASES`). From one seed every MADAO variant's first hyper 
 hypergradient is compared with ``plain``'s (:data:`EXACT`). A failed case (compile, out of memory, timeout)
 keeps its error and the others go on.
 
-Run: ``python -m benchmarks.bench_cost --form cpu --out benchmarks/results/cost.json`` (about 40 minutes on
+Run: ``python -m benchmarks.bench_cost --form cpu --out benchmarks/results/cost.json`` (about 75 minutes on
 2 CPU cores); ``--form gpu --out benchmarks/results/gpu.json`` (CUDA: a few minutes); ``--form scaling --out
 benchmarks/results/scaling.json`` (18 minutes on 2 CPU cores); ``[--device cuda] [--work-dir DIR]``.
 """
@@ -79,7 +79,7 @@ wrapper hides; bf16 is measured against eager float32."""
 FORMS: dict[str, dict[str, Any]] = {
     "cpu": {
         "models": {"wrn28_2": ("cifar10", "wrn28_2", 128)}, "cases": [c for c in CASES if "bf16" not in c],
-        "inner_steps": 30, "warmup_cycles": 1, "cycles": 1, "compile": [False], "timeout_s": None,
+        "inner_steps": 30, "warmup_cycles": 1, "cycles": 3, "compile": [False], "timeout_s": None,
     },
     "gpu": {
         "models": {"wrn28_2": ("cifar10", "wrn28_2", 128), "resnet50": ("imagenet", "resnet50", 64)},

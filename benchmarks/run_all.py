@@ -1,6 +1,6 @@
 """Run the benchmarks, each in its own process (a failure stops none of the others), then the READMEs.
 
-``make bench`` (about 3.5 hours on 2 CPU cores, two of them the accuracy sweeps): every benchmark into
+``make bench`` (about 4 hours on 2 CPU cores, two of them the accuracy sweeps): every benchmark into
 ``benchmarks/results/``, both READMEs.
 ``--quick`` (``make bench-quick``): the cost benchmark's quick form into ``outputs/bench/quick/`` with its own
 README, so quick numbers never replace the published ones. Logs: ``outputs/bench/logs/<name>.log``.
