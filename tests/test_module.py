@@ -361,11 +361,8 @@ class _WithoutHyper(pl.LightningDataModule):
 
 
 def test_sync_batchnorm_is_refused(tmp_path) -> None:
-    """At build time, and at fit start: where a ``Trainer(sync_batchnorm=True)`` under DDP has converted
-    the network (after the module was built), before any step."""
-    net = nn.SyncBatchNorm.convert_sync_batchnorm(small_net())
-    with pytest.raises(ValueError, match="net: SyncBatchNorm has no double backward"):
-        MADAOModule(net, MADAOPolicy(), optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=2)
+    """At fit start, before any step: the network as the hyper step will see it, after a
+    ``Trainer(sync_batchnorm=True)`` under DDP has converted it (once the module was built)."""
     module = make_module(MADAOPolicy())
     module.net = nn.SyncBatchNorm.convert_sync_batchnorm(module.net)  # what Lightning's layer sync does
     with pytest.raises(ValueError, match="net: SyncBatchNorm has no double backward"):

@@ -86,7 +86,6 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
         check_integer("inner_steps", inner_steps, 1)
         check_integer("cutout", cutout, 0)
         check_integer("hyper_train_batches", hyper_train_batches, 1)
-        check_network(net)
         self.automatic_optimization = False
         self.net, self.policy = net, policy
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
