@@ -511,3 +511,20 @@ def test_missing_dataset_directory_names_path_and_download_flag(tiny_cfg, tmp_pa
     with pytest.raises(DatasetNotFoundError) as raised:
         train(tiny_cfg("dataset=cifar10", "model=cnn", f"paths.data_dir={missing}"))
     assert str(missing) in str(raised.value) and "dataset.download=true" in str(raised.value)
+
+
+def _missing_data(root: str, download: bool) -> None:
+    """A data module that finds no data as it is built (an ``instantiate`` target)."""
+    raise DatasetNotFoundError(f"no data at '{root}': set `root` or pass `download=True`")
+
+
+def test_a_data_set_missing_when_built_keeps_its_message(tiny_cfg) -> None:
+    """A :class:`DatasetNotFoundError` raised by the constructor is a ``FileNotFoundError``: it keeps its
+    message (as config keys), not build's "no such file: None"."""
+    cfg = tiny_cfg()
+    cfg.dataset.datamodule = {"_target_": f"{__name__}._missing_data", "root": "/nowhere", "download": False}
+    with pytest.raises(DatasetNotFoundError) as raised:
+        train(cfg)
+    message = str(raised.value)
+    assert "no data at '/nowhere'" in message and "`dataset.datamodule.root`" in message
+    assert "`dataset.datamodule.download=true`" in message and "no such file" not in message
