@@ -1,9 +1,9 @@
 """Test error on digits: Hydra multiruns of the shipped entry point, summarised by experiments/summarize.py.
 
-Each sweep of :data:`SWEEPS` but ``replay`` (:func:`run_replays`) is a ``conf/experiment/bench_*.yaml``
-run as ``python -m madao_pl.run -m experiment=<name> hydra/launcher=local_parallel hydra.sweep.dir=<dir>``
-(two jobs at a time, one torch thread each; ``levers``: once per :data:`LEVERS` entry, into
-``levers/<lever>``), its directory emptied first (``runs_by`` names the invocation that ran each sweep).
+Each sweep of :data:`SWEEPS` is a ``conf/experiment/bench_*.yaml`` run as ``python -m madao_pl.run -m
+experiment=<name> hydra/launcher=local_parallel paths.bench_dir=<runs dir>`` (two jobs at a time, one
+torch thread each) into ``<runs dir>/<sweep>``, emptied first (``runs_by`` names the invocation that ran
+each sweep); ``replay`` reads the ``methods`` sweep's policies, ``levers`` sweeps ``conf/lever``.
 ``--out`` gets summarize's tables, the runs' numbers, the settings read from the MADAO runs' configs, how
 far each policy moved and what the class-conditional one learned; beside it go the sweep and policy plots.
 
@@ -24,83 +24,65 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.summarize import Cell, Run, collect, markdown_table, plot_table, render_markdown, summarize
+from experiments.summarize import (
+    Cell,
+    Run,
+    collect,
+    flatten,
+    markdown_table,
+    plot_table,
+    render_markdown,
+    summarize,
+)
+from omegaconf import OmegaConf
 
-from benchmarks.common import RESULTS, ROOT, cli, run_at_most, split_overrides, stamp, write_json
+from benchmarks.common import RESULTS, ROOT, cli, compose, split_overrides, stamp, write_json
 
 SWEEPS = {
     "methods": "bench_accuracy",
-    "replay": None,
+    "replay": "bench_replay",
     "inner_steps": "bench_inner_steps",
     "warmup_epochs": "bench_warmup",
     "levers": "bench_levers",
     "classes": "bench_classes",
     "ssl": "bench_ssl",
 }
-"""Sweep -> its experiment config; ``replay`` retrains with each ``methods`` MADAO run's final policy (same
-data set and seed); the ``replay`` and ``classes`` (``augment=madao_class``) rows join the methods table."""
+"""Sweep -> its experiment config, in this order (``replay`` retrains with each ``methods`` MADAO run's
+final policy, same data set and seed); the ``replay`` and ``classes`` (``augment=madao_class``) rows join the
+methods table."""
 PLOTS = {"inner_steps": "sweep_inner_steps.png", "warmup_epochs": "sweep_warmup.png"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-CLEAN = [
-    "augment.policy.rao_samples=16",
-    "augment.policy.centered_selection=true",
-    "augment.hyper_train_batches=4",
-]
-"""The cleanest hypergradient measured within the time budget (bench_hypergrad's estimators)."""
-FAST_POLICY = "augment.policy_optimizer.lr=0.1"
-"""10x the policy's learning rate (so that the few hyper steps move the policy)."""
 SETTINGS = {"inner_steps": "inner_steps", "warmup_epochs": "warmup_epochs", "epochs": "dataset.epochs"}
 SETTINGS |= {"batch_size": "dataset.datamodule.batch_size", "temperature": "augment.temperature"}
 SETTINGS |= {k: f"augment.hyper.{k}" for k in ("neumann_steps", "neumann_alpha", "neumann_tol")}
 """accuracy.json's settings per data set -> the key of a MADAO run's settings they are read from."""
 RECORDED = ("augment", "seed", "inner_steps", "warmup_epochs")
 """What accuracy.json's ``runs`` keep of each run besides its path and metrics."""
-LEVERS = {
-    "start_p0.2": ["augment.policy.init_probability=-1.4"],
-    "direction_only": ["augment.hyper.direction_only=true"],
-    "adam": ["augment.policy_optimizer._target_=torch.optim.Adam"],
-    "val_batch_256": ["dataset.datamodule.hyper_batch_size=256"],
-    "rao16_centered": ["augment.policy.rao_samples=16", "augment.policy.centered_selection=true"],
-    "rao16_centered_k4": CLEAN,
-    "clean_lr0.1": [*CLEAN, FAST_POLICY],
-    "clean_lr0.1_direction_only": [*CLEAN, FAST_POLICY, "augment.hyper.direction_only=true"],
-    "identity": ["augment.policy.identity=true"],
-    "identity_clean_lr0.1": ["augment.policy.identity=true", *CLEAN, FAST_POLICY],
-    "curvature_alpha0.5_J20": [
-        "augment.hyper.neumann_alpha_scale=0.5",
-        "augment.hyper.neumann_steps=20",
-        "augment.hyper.neumann_tol=0",
-    ],
-    "damped_cg10": ["augment.hyper.method=cg", "augment.hyper.cg_iterations=10", "augment.hyper.damping=1.0"],
-    "s5_w10": ["augment.inner_steps=5", "augment.warmup_epochs=10"],
-}
-"""Issue #12's levers, each a change to MADAO's defaults: lever -> overrides. ``clean_lr0.1*``: the clean
-hypergradient with 10x the policy's learning rate (so that the few hyper steps move the policy);
-``identity*``: the 15th, "do nothing" choice; ``damped_cg10``: CG on ``H + I`` (``lambda_max`` about 50)."""
 
 
-def run_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:
-    """Empty ``sweep_dir`` and run the experiment's multirun into it; the exit status."""
-    shutil.rmtree(sweep_dir, ignore_errors=True)
-    command = [sys.executable, "-m", "madao_pl.run", "-m", f"experiment={experiment}"]
-    command += ["hydra/launcher=local_parallel", f"hydra.sweep.dir={sweep_dir}", *overrides]
+def run_sweep(name: str, runs_dir: Path, overrides: list[str]) -> int:
+    """Empty ``runs_dir/name`` and run the sweep's experiment as one multirun into it (its experiment puts
+    it in ``paths.bench_dir/name``); the exit status."""
+    shutil.rmtree(runs_dir / name, ignore_errors=True)
+    command = [sys.executable, "-m", "madao_pl.run", "-m", f"experiment={SWEEPS[name]}"]
+    command += ["hydra/launcher=local_parallel", f"paths.bench_dir={runs_dir}", *overrides]
     print("$", " ".join(command), flush=True)
     return subprocess.run(command, cwd=ROOT, env={**os.environ, **ONE_THREAD}).returncode
 
 
-def run_replays(methods_dir: Path, replay_dir: Path, overrides: list[str]) -> int:
-    """Empty ``replay_dir``; one ``augment=replay`` run per MADAO run of ``methods_dir`` (two at a time,
-    each into ``replay_dir/<dataset>_<seed>``); the worst exit status."""
-    shutil.rmtree(replay_dir, ignore_errors=True)
-    runs = [r for r in collect([methods_dir])[0] if r.augment == "madao"]
-    commands = [
-        [sys.executable, "-m", "madao_pl.run", f"dataset={run.dataset}", f"seed={run.seed}", "augment=replay",
-         f"augment.path={run.path.parent / 'policy.json'}", "trainer.enable_progress_bar=false",
-         f"hydra.run.dir={replay_dir / f'{run.dataset}_{run.seed}'}", *overrides]
-        for run in sorted(runs, key=lambda r: (r.dataset, str(r.seed)))
-    ]  # fmt: skip
-    print("\n".join("$ " + " ".join(command) for command in commands), flush=True)
-    return max(run_at_most(commands, 2, {**os.environ, **ONE_THREAD}), default=0)
+def lever_settings() -> dict[str, list[str]]:
+    """Lever -> the settings (``key=value``) it changes in ``experiment=bench_levers``, in sweep order."""
+    sweep = OmegaConf.load(ROOT / "src/madao_pl/conf/experiment/bench_levers.yaml").hydra.sweeper.params
+    default = flatten(OmegaConf.to_container(compose(["experiment=bench_levers"])))
+    out = {}
+    for lever in sweep.lever.split(","):
+        changed = flatten(OmegaConf.to_container(compose(["experiment=bench_levers", f"lever={lever}"])))
+        out[lever] = [
+            f"{key}={json.dumps(v) if isinstance(v, bool) else v}"
+            for key, v in changed.items()
+            if default.get(key) != v
+        ]
+    return out
 
 
 def policy_movement(run_dir: Path) -> dict[str, float] | None:
@@ -131,7 +113,7 @@ def lever_of(run: Run, levers_dir: Path) -> str:
 
 def lever_table(methods: list[Run], levers: list[Run], levers_dir: Path) -> str:
     """Test and validation error (%) per lever and data set, mean ± sample std (runs), next to no
-    augmentation and MADAO's defaults from the methods sweep: one row per lever, named as in LEVERS."""
+    augmentation and MADAO's defaults from the methods sweep: one row per lever (``conf/lever``)."""
     groups: dict[str, list[Run]] = {
         "no augmentation": [r for r in methods if r.augment == "baseline"],
         "MADAO defaults": [r for r in methods if r.augment == "madao"],
@@ -182,7 +164,7 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
     out.parent.mkdir(parents=True, exist_ok=True)
     found, tables, problems, movement, records = {}, {}, [], [], {}
     joined = [runs_dir / d for d in ("replay", "classes") if (runs_dir / d).is_dir()]  # the methods table's
-    for name in (n for n in SWEEPS if n != "replay"):
+    for name in (n for n in SWEEPS if n != "replay"):  # replay: in the methods table
         runs, more = collect([runs_dir / name, *(joined if name == "methods" else [])])
         if runs:
             table, duplicates = summarize(runs, by=name if name in PLOTS else None)
@@ -231,7 +213,7 @@ def build_report(runs_dir: Path, out: Path, statuses: dict[str, int], argv: list
         "runs": records,
         "movement": movement,
         "class_policy": class_policy(classes[0].path.parent) if classes else None,
-        "levers": LEVERS,
+        "levers": lever_settings(),
         "problems": problems,
         "complete": not problems and all(status == 0 for status in statuses.values()),
     }
@@ -250,16 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ran = [] if args.no_run else args.sweeps
     statuses = dict(previous.get("sweep_exit_status", {}))
     for name in ran:
-        if name == "replay":
-            statuses[name] = run_replays(runs_dir / "methods", runs_dir / "replay", overrides)
-        elif name == "levers":
-            shutil.rmtree(runs_dir / name, ignore_errors=True)
-            codes = [
-                run_sweep(SWEEPS[name], runs_dir / name / k, [*v, *overrides]) for k, v in LEVERS.items()
-            ]
-            statuses[name] = max(codes, default=0)
-        else:
-            statuses[name] = run_sweep(SWEEPS[name], runs_dir / name, overrides)
+        statuses[name] = run_sweep(name, runs_dir, overrides)
     report = build_report(runs_dir, args.out, statuses, argv)
     ran_by = {"command": report["command"], "date": report["date"]}
     report["runs_by"] = {**previous.get("runs_by", {}), **dict.fromkeys(ran, ran_by)}

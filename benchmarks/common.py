@@ -111,12 +111,13 @@ def cli(
     return args
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """madao_pl's real config tree with ``overrides``, as ``python -m madao_pl.run`` composes it."""
+def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """madao_pl's real config tree with ``overrides``, as ``python -m madao_pl.run`` composes it
+    (``with_hydra``: with Hydra's own node)."""
     if GlobalHydra.instance().is_initialized():
-        return hydra.compose("config", overrides=overrides)
+        return hydra.compose("config", overrides=overrides, return_hydra_config=with_hydra)
     with hydra.initialize_config_module(version_base="1.3", config_module="madao_pl.conf"):
-        return hydra.compose("config", overrides=overrides)
+        return hydra.compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def quiet(threads: int) -> None:
@@ -124,13 +125,6 @@ def quiet(threads: int) -> None:
     torch.set_num_threads(threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*(many workers|val_dataloader|LeafSpec|log_every_n_steps).*")
-
-
-def run_at_most(commands: list[list[str]], width: int, env: dict[str, str]) -> Iterator[int | None]:
-    """Run ``commands`` from the repository root, at most ``width`` at a time, stdout discarded (stderr
-    shown); yield their exit statuses, in order."""
-    start = (subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for c in commands)
-    return _at_most(start, width)
 
 
 def _at_most(processes: Iterable[Any], width: int, timeout: float | None = None) -> Iterator[int | None]:

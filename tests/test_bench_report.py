@@ -181,7 +181,10 @@ def test_accuracy_report_from_the_multirun_directories(tmp_path: Path) -> None:
     assert moved["apply_mean_abs_change"] == pytest.approx(0.1)
     assert moved["magnitude_mean_abs_change"] == pytest.approx(0.1)  # B has no magnitude
     assert moved["use_stage0_first"] == pytest.approx(0.2) and moved["use_stage0_last"] == pytest.approx(0.1)
-    assert "4.10 (1)" in accuracy["tables"]["levers"] and accuracy["levers"] == bench_accuracy.LEVERS
+    assert "4.10 (1)" in accuracy["tables"]["levers"] and accuracy["levers"]["rao16_centered"] == [
+        "augment.policy.rao_samples=16",
+        "augment.policy.centered_selection=true",
+    ]
 
     out.write_text(json.dumps(accuracy))
     readme = report.build_readme(out.parent, tmp_path)
@@ -250,29 +253,28 @@ def test_run_all_commands_point_at_the_result_files() -> None:
     assert "--no-top-readme" not in full["report"]
 
 
-def test_replays_retrain_each_madao_run_with_its_policy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One augment=replay run per MADAO run of the methods sweep, with that run's data set, seed and
-    policy.json, two at a time; the worst exit status comes back."""
-    fake_sweeps(tmp_path / "runs")
-    launched = []
+def test_a_sweep_is_one_multirun_of_its_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_sweep empties the sweep's directory and runs its experiment as one Hydra multirun (the joblib
+    launcher, one torch thread per job, the extra overrides last) whose jobs go there; the exit status."""
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "replay" / "0").mkdir(parents=True)
+    (runs_dir / "replay" / "0" / "results.json").write_text("{}")
+    calls = []
 
-    class Process:
-        def __init__(self, command: list[str], **kwargs: object) -> None:
-            launched.append(command)
-            self.status = 3 if len(launched) == 2 else 0
+    def fake_run(command: list[str], cwd: Path, env: dict[str, str]) -> object:
+        calls.append((command, env, (runs_dir / "replay").exists()))
+        return type("Done", (), {"returncode": 3})()
 
-        def wait(self) -> int:
-            return self.status
-
-    monkeypatch.setattr(bench_accuracy.subprocess, "Popen", Process)
-    status = bench_accuracy.run_replays(tmp_path / "runs" / "methods", tmp_path / "runs" / "replay", ["x=1"])
-    assert status == 3 and len(launched) == 3  # the three MADAO seeds of fake_sweeps
-    for seed, command in enumerate(launched):
-        assert {"augment=replay", "dataset=digits", f"seed={seed}", "x=1"} <= set(command)
-        path = next(c for c in command if c.startswith("augment.path=")).split("=", 1)[1]
-        assert path.endswith("policy.json") and Path(path).parent.name == str(3 + seed)  # jobs 3, 4, 5
+    monkeypatch.setattr(bench_accuracy.subprocess, "run", fake_run)
+    assert bench_accuracy.run_sweep("replay", runs_dir, ["x=1"]) == 3
+    [(command, env, existed)] = calls
+    launcher = ["hydra/launcher=local_parallel", f"paths.bench_dir={runs_dir}"]
+    assert command[1:] == ["-m", "madao_pl.run", "-m", "experiment=bench_replay", *launcher, "x=1"]
+    assert env["OMP_NUM_THREADS"] == "1" and not existed
+    assert list(bench_accuracy.SWEEPS)[:2] == ["methods", "replay"]  # the replays read the methods' policies
+    for name, experiment in bench_accuracy.SWEEPS.items():  # each sweep's jobs go where it is emptied
+        sweep = common.compose([f"experiment={experiment}", f"paths.bench_dir={runs_dir}"], with_hydra=True)
+        assert sweep.hydra.sweep.dir == str(runs_dir / name), name
 
 
 def test_resummarising_keeps_the_invocation_that_ran_the_runs(tmp_path: Path) -> None:
@@ -304,19 +306,15 @@ def test_running_some_sweeps_keeps_the_others_provenance(tmp_path: Path, monkeyp
     out.write_text(json.dumps(old))
     launched = []
 
-    def fake_sweep(experiment: str, sweep_dir: Path, overrides: list[str]) -> int:
-        launched.append((experiment, sweep_dir.name, overrides))
-        write_run(sweep_dir, "0", "digits", "cnn", "madao", 0, 0.04, lr=0.1 + len(launched))
+    def fake_sweep(name: str, runs_dir: Path, overrides: list[str]) -> int:
+        launched.append((name, runs_dir, overrides))
+        write_run(runs_dir / name, "0", "digits", "cnn", "madao", 0, 0.04, lr=0.1 + len(launched))
         return 0
 
     monkeypatch.setattr(bench_accuracy, "run_sweep", fake_sweep)
     argv = ["--sweeps", "levers", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
     assert bench_accuracy.main(argv) == 0
-    assert [name for _, name, _ in launched] == list(bench_accuracy.LEVERS)
-    assert (
-        all(e == "bench_levers" for e, _, _ in launched)
-        and launched[0][2] == bench_accuracy.LEVERS["start_p0.2"]
-    )
+    assert launched == [("levers", tmp_path / "runs", [])]  # every lever in one multirun
     result = json.loads(out.read_text())
     assert result["sweep_exit_status"] == {"methods": 0, "levers": 0}
     assert result["runs_by"]["methods"] == earlier

@@ -255,21 +255,37 @@ def test_the_class_conditional_sweep(sweeps: dict) -> None:
 
 
 def test_the_lever_sweep_and_every_lever_composes(sweeps: dict) -> None:
-    """bench_levers: MADAO on both digits variants x three seeds; each lever of bench_accuracy.LEVERS is a
-    valid override list that changes what it says and passes madao_pl.run's checks."""
-    from benchmarks.bench_accuracy import LEVERS
+    """bench_levers: MADAO on both digits variants x three seeds x every conf/lever file; each lever passes
+    madao_pl.run's checks and sets what its file says, after the experiment (so it is the one change)."""
+    from experiments.summarize import flatten
 
-    assert grid(sweeps, "bench_levers", "dataset", "augment", "seed") == {
-        (d, "madao", s) for d in ("digits", "digits_low") for s in (0, 1, 2)
+    levers = sorted(p.stem for p in (CONF / "lever").glob("*.yaml"))
+    assert grid(sweeps, "bench_levers", "dataset", "augment", "seed", "lever") == {
+        (d, "madao", s, lever) for d in ("digits", "digits_low") for s in (0, 1, 2) for lever in levers
     }
-    default = OmegaConf.to_container(_compose("experiment=bench_levers"), resolve=True)
-    for name, overrides in LEVERS.items():
-        cfg = _compose("experiment=bench_levers", *overrides)
+    default = OmegaConf.to_container(_compose("experiment=bench_levers"))
+    for lever in levers:
+        cfg = _compose("experiment=bench_levers", f"lever={lever}")
         check_config(cfg)
-        for override in overrides:
-            key, text = override.split("=", 1)
-            assert str(OmegaConf.select(cfg, key)).lower() == text.lower(), (name, override)
-        assert OmegaConf.to_container(cfg, resolve=True) != default, name
+        own = OmegaConf.load(CONF / "lever" / f"{lever}.yaml")
+        own.pop("defaults", None)
+        for key, text in flatten(OmegaConf.to_container(own)).items():
+            assert OmegaConf.select(cfg, key) == text, (lever, key)
+        assert OmegaConf.to_container(cfg) != default, lever
+
+
+def test_the_replays_read_the_policy_of_their_own_methods_run(sweeps: dict) -> None:
+    """bench_replay: one replay per MADAO run of bench_accuracy (data set, seed), each reading the
+    policy.json of the job directory bench_accuracy gives that run, in the methods sweep beside its own."""
+    assert grid(sweeps, "bench_replay", "dataset", "augment", "seed") == {
+        (d, "replay", s) for d in ("digits", "digits_low") for s in (0, 1, 2)
+    }
+    for dataset, seed in (("digits", 0), ("digits_low", 2)):
+        job = [f"dataset={dataset}", f"seed={seed}"]
+        methods = _compose("experiment=bench_accuracy", "augment=madao", *job, hydra=True).hydra.sweep
+        replay = _compose("experiment=bench_replay", *job)
+        assert methods.subdir == f"{dataset}_madao_{seed}"
+        assert Path(replay.augment.path) == Path(methods.dir) / methods.subdir / "policy.json"
 
 
 def test_command_line_wins_over_the_experiment(hydra_context: None) -> None:
@@ -295,16 +311,22 @@ def test_remaining_scripts_use_existing_experiments() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_job_composes_and_passes_the_checks(name: str, sweeps: dict) -> None:
+def test_every_job_composes_and_passes_the_checks(name: str, sweeps: dict, tmp_path: Path) -> None:
     """Each job composed as the sweeper would (a job differing from another only in its seed once):
-    Hydra refuses a missing group choice or key; madao_pl.run's checks pass; the names match."""
+    Hydra refuses a missing group choice or key; madao_pl.run's checks pass; the names match. The replays
+    find the policies a methods sweep beside theirs wrote."""
+    from madao_pl.augment import MADAOPolicy
+
+    for dataset, seed in ((d, s) for d in DATASETS for s in (0, 1, 2)):
+        (run := tmp_path / "methods" / f"{dataset}_madao_{seed}").mkdir(parents=True)
+        MADAOPolicy().save_json(run / "policy.json")
     composed = set()
     for job in sweeps[name][1]:
         key = tuple(o for o in job if not o.startswith("seed="))
         if key in composed:
             continue
         composed.add(key)
-        cfg = _compose(*job)
+        cfg = _compose(*job, *([f"paths.bench_dir={tmp_path}"] if name.startswith("bench_") else []))
         check_config(cfg)
         for group in ("dataset", "model", "augment"):
             assert cfg[group].name == value(job, sweeps[name][0], group), job
