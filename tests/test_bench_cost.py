@@ -58,7 +58,11 @@ def test_every_case_in_this_process_against_its_references(tmp_path: Path, singl
     for name, (_, references) in bench_cost.CASES.items():
         expected = {f"{m}_vs_{ref}" for m in bench_cost.METRICS for ref in references}
         assert set(cost["ratios"].get(name, {})) == expected, name
-        assert all(math.isfinite(v) and v > 0 for v in cost["ratios"].get(name, {}).values()), name
+        for key, ratio in cost["ratios"].get(name, {}).items():
+            # in one process the peak RSS is the process's, perhaps reached by an earlier case: the memory
+            # above set-up may be 0 here (the benchmark runs each case in a fresh process)
+            positive = ratio >= 0 if key.startswith("peak_above_setup") else ratio > 0
+            assert math.isfinite(ratio) and positive, (name, key, ratio)
     assert rows["plain"]["total_hvps"] == 2 * 5 and rows["madao"]["total_hvps"] < 2 * 5
     assert (
         len(rows["madao_class100"]["hypergrad"]) == 78 * 101
