@@ -131,7 +131,7 @@ class Draws:
         torch.manual_seed(20_000 + seed)
         result = hyper_step(
             m.net, m.policy, (images.to(dtype), labels), (val_images.to(dtype), val_labels),
-            normalize=m.normalize, cutout_size=m.cutout_size, config=config or m.hyper,
+            normalize=m.normalize, cutout=m.cutout, config=config or m.hyper,
             generator=torch.Generator().manual_seed(30_000 + seed),
         )  # fmt: skip
         m.net.load_state_dict(saved)
@@ -191,7 +191,7 @@ def op_gradients(draws: Draws, batches: int) -> dict[str, Any]:
             if op is not None:
                 mu = torch.full((len(x),), magnitudes.get(op.name, 0.0))
                 x = op.fn(x, mu, torch.where(torch.rand(len(x), generator=gen) < 0.5, -1.0, 1.0))
-            x = cutout(x, module.cutout_size, gen) if module.cutout_size else x
+            x = cutout(x, module.cutout, gen) if module.cutout else x
             net.load_state_dict(draws.state)
             g = gradient(x, y)
             rows.append((float(g.norm()), float(g @ v), float(F.cosine_similarity(g, v, dim=0))))

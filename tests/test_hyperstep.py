@@ -89,7 +89,7 @@ def run(net: nn.Module, policy: MADAOPolicy, batches, generator=None, **settings
         (images, labels),
         (val_images, val_labels),
         normalize=normalize,
-        cutout_size=CUTOUT,
+        cutout=CUTOUT,
         config=HyperStepConfig(**{"neumann_tol": 0.0, **settings}),
         generator=generator if generator is not None else torch.Generator().manual_seed(POLICY_SEED),
     )
@@ -342,7 +342,7 @@ def test_recompute_replays_augmentation_exactly_and_keeps_rng_streams(use_policy
             (images, labels),
             (val_images, val_labels),
             normalize=normalize,
-            cutout_size=CUTOUT,
+            cutout=CUTOUT,
             config=HyperStepConfig(recompute=recompute),
             generator=None if use_policy_generator else generator,
         )

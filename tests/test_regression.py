@@ -103,7 +103,7 @@ def test_hyper_step_is_unchanged(recorded, name):
         batch,
         val_batch,
         normalize=normalize,
-        cutout_size=CUTOUT,
+        cutout=CUTOUT,
         config=SETTINGS[name],
         generator=torch.Generator().manual_seed(POLICY_SEED),
     )

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from madao_pl.augment import Policy, cutout
+from madao_pl.augment import Policy, ops
 from madao_pl.hypergrad import (
     HVP,
     SolveInfo,
@@ -207,7 +207,7 @@ class HyperStepResult:
 def augment_batch(
     policy: Policy,
     images: Tensor,
-    cutout_size: int = 0,
+    cutout: int = 0,
     generator: torch.Generator | None = None,
     labels: Tensor | None = None,
 ) -> Tensor:
@@ -218,7 +218,7 @@ def augment_batch(
     in ``[0, 1]`` -> the same.
     """
     augmented = policy(images, generator=generator, labels=labels)
-    return cutout(augmented, cutout_size) if cutout_size > 0 else augmented
+    return ops.cutout(augmented, cutout) if cutout > 0 else augmented
 
 
 def check_network(net: nn.Module) -> None:
@@ -312,7 +312,7 @@ def hyper_step(
     val_batch: tuple[Tensor, Tensor | None],
     *,
     normalize: Callable[[Tensor], Tensor],
-    cutout_size: int = 0,
+    cutout: int = 0,
     config: HyperStepConfig = HyperStepConfig(),  # noqa: B008 (frozen, so one shared default is safe)
     generator: torch.Generator | None = None,
     loss: Loss | None = None,
@@ -327,7 +327,7 @@ def hyper_step(
         batch: training images ``(B, C, H, W)`` in ``[0, 1]`` and labels ``(B,)``.
         val_batch: an un-augmented held-out batch in ``[0, 1]`` and its labels.
         normalize: per-channel normalisation after the augmentation (and of the held-out images).
-        cutout_size: Cutout square side in pixels after the policy (0 = off).
+        cutout: Cutout square side in pixels after the policy (0 = off).
         config: the solver and memory settings.
         generator: the policy's random generator (default ``policy.generator``).
         loss: ``f`` on the augmented batch (default: the cross-entropy of ``net(inputs)`` against the labels;
@@ -346,7 +346,7 @@ def hyper_step(
 
     def augment() -> Tensor:
         with torch.enable_grad():
-            return normalize(augment_batch(policy, images, cutout_size, generator, labels))
+            return normalize(augment_batch(policy, images, cutout, generator, labels))
 
     with record_function("madao/augment"):
         replay = _Replay(generator, images.device) if config.recompute else None

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from madao_pl.augment import Policy, cutout
+from madao_pl.augment import Policy, ops
 from madao_pl.data.stream import BatchStream, RecentBatches, hyper_dataloader
 from madao_pl.distributed import kept_out_of_ddp
 from madao_pl.evaluation import ClassifierEvaluation
@@ -90,7 +90,7 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
         self.net, self.policy = net, policy
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.policy_optimizer_factory = policy_optimizer or POLICY_OPTIMIZER
-        self.cutout_size, self.inner_steps = cutout, inner_steps
+        self.cutout, self.inner_steps = cutout, inner_steps
         self.hyper = hyper if hyper is not None else HyperStepConfig()
         if self.hyper.segmented:
             self._check_segmented()
@@ -121,8 +121,8 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
         """Policy (unless warming up), then Cutout: ``(B, 3, H, W)`` in [0, 1] -> the same; ``labels`` for
         a class-conditional policy."""
         if self.warmup_active:
-            return cutout(images, self.cutout_size) if self.cutout_size > 0 else images
-        return augment_batch(self.policy, images, self.cutout_size, labels=labels)
+            return ops.cutout(images, self.cutout) if self.cutout > 0 else images
+        return augment_batch(self.policy, images, self.cutout, labels=labels)
 
     # ------------------------------------------------------------------ training
     def is_hyper_step(self) -> bool:
@@ -186,7 +186,7 @@ class MADAOModule(ClassifierEvaluation, FitStateHooks, OptimizerHooks):
             val_labels.to(self.device, non_blocking=True),
         )
         result = hyper_step(
-            self.net, self.policy, batch, val_batch, normalize=self.normalize, cutout_size=self.cutout_size,
+            self.net, self.policy, batch, val_batch, normalize=self.normalize, cutout=self.cutout,
             config=self.hyper, loss=self.training_loss, val_loss=self.validation_loss,
         )  # fmt: skip
         hypergrad, finite = self.step_network_and_policy(result.network_grads, result.hypergrad)
