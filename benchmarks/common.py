@@ -111,13 +111,12 @@ def cli(
     return args
 
 
-def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    """madao_pl's real config tree with ``overrides``, as ``python -m madao_pl.run`` composes it
-    (``with_hydra``: with Hydra's own node)."""
+def compose(overrides: list[str]) -> DictConfig:
+    """madao_pl's real config tree with ``overrides``, as ``python -m madao_pl.run`` composes it."""
     if GlobalHydra.instance().is_initialized():
-        return hydra.compose("config", overrides=overrides, return_hydra_config=with_hydra)
+        return hydra.compose("config", overrides=overrides)
     with hydra.initialize_config_module(version_base="1.3", config_module="madao_pl.conf"):
-        return hydra.compose("config", overrides=overrides, return_hydra_config=with_hydra)
+        return hydra.compose("config", overrides=overrides)
 
 
 def quiet(threads: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from benchmarks import bench_accuracy, bench_cost, common, report, run_all
+from omegaconf import OmegaConf
 
 from tests.test_summarize import write_run
 
@@ -273,8 +274,11 @@ def test_a_sweep_is_one_multirun_of_its_experiment(tmp_path: Path, monkeypatch: 
     assert env["OMP_NUM_THREADS"] == "1" and not existed
     assert list(bench_accuracy.SWEEPS)[:2] == ["methods", "replay"]  # the replays read the methods' policies
     for name, experiment in bench_accuracy.SWEEPS.items():  # each sweep's jobs go where it is emptied
-        sweep = common.compose([f"experiment={experiment}", f"paths.bench_dir={runs_dir}"], with_hydra=True)
-        assert sweep.hydra.sweep.dir == str(runs_dir / name), name
+        config = OmegaConf.load(
+            common.ROOT / "src" / "madao_pl" / "conf" / "experiment" / f"{experiment}.yaml"
+        )
+        sweep_dir = OmegaConf.to_container(config, resolve=False)["hydra"]["sweep"]["dir"]
+        assert sweep_dir == f"${{paths.bench_dir}}/{name}", name
 
 
 def test_resummarising_keeps_the_invocation_that_ran_the_runs(tmp_path: Path) -> None:
