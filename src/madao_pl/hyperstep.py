@@ -214,7 +214,8 @@ def augment_batch(
     """``cutout(policy(images))``: the augmentation of every training step, the hyper step's included.
 
     With grad enabled a learnable policy draws relaxed (its output has a graph to ``phi``); under
-    ``no_grad`` it draws hard. ``labels`` ``(B,)`` reach class-conditional policies. Shapes: ``(B, C, H, W)``
+    ``no_grad`` it draws hard. ``generator`` drives the policy's draws, Cutout draws from torch's global
+    generator. ``labels`` ``(B,)`` reach class-conditional policies. Shapes: ``(B, C, H, W)``
     in ``[0, 1]`` -> the same.
     """
     augmented = policy(images, generator=generator, labels=labels)
@@ -329,7 +330,8 @@ def hyper_step(
         normalize: per-channel normalisation after the augmentation (and of the held-out images).
         cutout: Cutout square side in pixels after the policy (0 = off).
         config: the solver and memory settings.
-        generator: the policy's random generator (default ``policy.generator``).
+        generator: the policy's random generator (default ``policy.generator``); Cutout draws from torch's
+            global one.
         loss: ``f`` on the augmented batch (default: the cross-entropy of ``net(inputs)`` against the labels;
             the self-supervised task passes its contrastive loss). Labels may be None when it needs none.
         val_loss: ``g`` on the normalised held-out batch, evaluated in eval mode (default: ``loss``).
