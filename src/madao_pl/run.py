@@ -146,8 +146,8 @@ def build(cfg: DictConfig, key: str, sources: tuple[str, ...] = (), **kwargs: An
             raise ConfigError(
                 f"{key}.{unexpected.group(1)} is not an argument of {target}: fix or remove it"
             ) from None
-        if isinstance(cause, DatasetNotFoundError):  # its message names the fix: keep it (as config keys)
-            raise DatasetNotFoundError(config_terms(cfg, key, str(cause))) from None
+        if isinstance(cause, DatasetNotFoundError):  # a FileNotFoundError whose message names the fix
+            raise cause from None
         if isinstance(cause, FileNotFoundError):
             raise ConfigError(f"{key}: no such file: {cause.filename}") from None
         if not isinstance(cause, ValueError):
