@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 
 import madao_pl.module as module_lib
 from madao_pl.augment import MADAOPolicy
-from madao_pl.callbacks import WarmupCallback
+from madao_pl.callbacks import ProcessGroupCleanup, WarmupCallback
 from madao_pl.data.base import UnpaddedShardSampler
 from madao_pl.run import train
 from tests.conftest import TINY, compose_config
@@ -44,10 +44,12 @@ class SyncCheck(pl.Callback):
         self.augmentations_differ: bool | None = None
         self._seen = 0
         self.planned: int | None = None
+        self.cleanup: bool | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         warmup = next(c for c in trainer.callbacks if isinstance(c, WarmupCallback))
         self.planned = warmup.planned_hyper_steps(trainer, pl_module.inner_steps)
+        self.cleanup = any(isinstance(c, ProcessGroupCleanup) for c in trainer.callbacks)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.augmentations_differ is None:
@@ -77,6 +79,7 @@ class SyncCheck(pl.Callback):
                     "augmentations_differ": self.augmentations_differ,
                     "hyper_steps": int(pl_module.hyper_steps),
                     "planned_hyper_steps": self.planned,
+                    "cleanup": self.cleanup,
                 }
             )
         )
@@ -105,6 +108,7 @@ def test_two_process_cpu_ddp_keeps_ranks_identical(tmp_path: Path) -> None:
         assert max(report["network"]) < 1e-6, "network parameters differ between ranks"
         assert report["augmentations_differ"] is True
         assert report["planned_hyper_steps"] == report["hyper_steps"]  # the start-up count, per rank
+        assert report["cleanup"] is True  # run.train's Trainer destroys each rank's gloo group at exit
     assert results["hyper_steps"] == reports[0]["hyper_steps"]
     assert len(list(tmp_path.rglob("results.json"))) == 1
 
@@ -127,6 +131,31 @@ def test_two_process_cpu_ddp_keeps_ranks_identical(tmp_path: Path) -> None:
     # Equal up to the near-tie images: this barely trained net's logits are close, and the sharded
     # batches (225 vs 450 images) take other convolution kernels, which can flip such an argmax.
     assert total == 450 and abs(round(results["test_error"] * total) - wrong) <= max(1, near_ties)
+
+
+EXIT_CHECK = """
+import atexit, sys
+import torch.distributed as dist
+from madao_pl.callbacks import ProcessGroupCleanup
+
+atexit.register(lambda: print("initialised at exit:", dist.is_initialized()))  # runs after the cleanup's
+dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=0, world_size=1)
+for stage in ("fit", "test"):  # two set-ups in one process: still one destroy
+    ProcessGroupCleanup().setup(None, None, stage)
+"""
+
+
+@pytest.mark.parametrize("cleanup", [True, False])
+def test_process_group_cleanup_destroys_the_group_at_exit(tmp_path: Path, cleanup: bool) -> None:
+    """A gloo rank that exits with its group alive can abort (SIGABRT) after its work: the callback
+    destroys the group at exit; without it the group is still alive when the process ends."""
+    call = "ProcessGroupCleanup().setup(None, None, stage)"
+    script = EXIT_CHECK if cleanup else EXIT_CHECK.replace(call, "pass")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "store")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"initialised at exit: {not cleanup}"
 
 
 def test_unpadded_shard_sampler_counts_each_sample_once() -> None:

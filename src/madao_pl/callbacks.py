@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
 from madao_pl.augment import Policy, StageDescription
+from madao_pl.distributed import destroy_process_group_at_exit
 from madao_pl.loggers import log_to_every_logger, logger_step
 from madao_pl.plots import effective_use, plot_policy_classes, plot_policy_evolution, plot_policy_parameters
 
@@ -92,6 +93,18 @@ class WarmupCallback(pl.Callback):
                 "epochs (augment.warmup_epochs) or more epochs (dataset.epochs).",
                 category=UserWarning,
             )
+
+
+class ProcessGroupCleanup(pl.Callback):
+    """Has every rank destroy its process group when its process exits (`destroy_process_group_at_exit`).
+
+    Without it a CPU run on gloo (``trainer=ddp_cpu``) now and then fails after its work: a rank aborts as
+    it exits. `madao_pl.run` adds it to every Trainer it builds; add it to your own Trainer's callbacks when
+    you train with DDP on CPU.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        destroy_process_group_at_exit()
 
 
 MAX_CLASS_SERIES = 20

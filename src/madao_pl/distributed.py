@@ -8,13 +8,14 @@ is not initialised or has one process.
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["broadcast_", "kept_out_of_ddp", "mean_over_ranks", "set_grads"]
+__all__ = ["broadcast_", "destroy_process_group_at_exit", "kept_out_of_ddp", "mean_over_ranks", "set_grads"]
 
 
 def _world_size() -> int:
@@ -58,3 +59,21 @@ def set_grads(params: Sequence[nn.Parameter], flat: Tensor) -> None:
     """Give each parameter its slice of ``flat`` (in order) as its ``.grad``."""
     for p, piece in zip(params, torch.split(flat, [p.numel() for p in params]), strict=True):
         p.grad = piece.view_as(p).to(p.dtype).clone()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy this process's default process group when it exits, whatever the backend (once per process).
+
+    A gloo process that exits with its group alive aborts now and then (SIGABRT, "terminate called without
+    an active exception": gloo's threads are torn down with the interpreter; pytorch/pytorch#190489), and a
+    spawned rank that aborts fails the whole fit after the work is done. Lightning destroys the group at exit
+    for NCCL only. A no-op when ``torch.distributed`` is not initialised.
+    """
+    if dist.is_available() and dist.is_initialized():
+        atexit.unregister(_destroy_process_group)
+        atexit.register(_destroy_process_group)

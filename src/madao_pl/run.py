@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from madao_pl.callbacks import ProcessGroupCleanup
 from madao_pl.data import CorruptImageError, DatasetNotFoundError
 from madao_pl.hyperstep import check_precision
 from madao_pl.module import MADAOModule
@@ -348,7 +349,7 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [
         build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c
     ]
-    callbacks.append(_ConfigInCheckpoint(cfg))
+    callbacks += [_ConfigInCheckpoint(cfg), ProcessGroupCleanup()]
     loggers = [
         build(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c and "_target_" in c
     ]
@@ -414,8 +415,8 @@ def linear_probe(
         num_classes=num_classes, mean=datamodule.mean, std=datamodule.std,
     )  # fmt: skip
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, max_epochs=cfg.task.probe_epochs, callbacks=[], logger=loggers or False,
-        enable_checkpointing=False,
+        cfg.trainer, max_epochs=cfg.task.probe_epochs, callbacks=[ProcessGroupCleanup()],
+        logger=loggers or False, enable_checkpointing=False,
     )  # fmt: skip
     log.info(
         "linear probe: %d epochs on the frozen encoder's %d features",
