@@ -140,7 +140,7 @@ from madao_pl.callbacks import ProcessGroupCleanup
 
 atexit.register(lambda: print("initialised at exit:", dist.is_initialized()))  # runs after the cleanup's
 dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=0, world_size=1)
-for stage in ("fit", "test"):  # two set-ups in one process: still one destroy
+for stage in ("fit", "test"):  # two set-ups in one process (strategy=ddp fits and tests in one)
     ProcessGroupCleanup().setup(None, None, stage)
 """
 
