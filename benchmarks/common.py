@@ -243,7 +243,7 @@ def peak_rss_mb() -> float:
 
 class Recorder(pl.Callback):
     """Times every batch as ``(start, end, hyper step?)`` between synchronisations. Reads the memory at
-    ``on_train_start`` (``setup_rss``; ``setup``: CUDA's allocated memory on a GPU, else the RSS; CUDA's peak
+    ``on_train_start`` (``setup``: CUDA's allocated memory on a GPU, else the RSS; CUDA's peak
     statistics reset) and again before batch ``reset_at`` (``before_timed``, CUDA's peak reset). At batch
     ``first_hyper`` it fingerprints the weights, keeps the policy's first gradient and (``profile``) the
     hyper step's ``madao/`` ``torch.profiler`` ranges."""
@@ -258,7 +258,7 @@ class Recorder(pl.Callback):
         self.device, self.reset_at, self.first_hyper, self.profile = device, reset_at, first_hyper, profile
         self.batches: list[tuple[float, float, bool]] = []
         self.sections: dict[str, dict[str, float]] = {}
-        self.setup_rss = self.setup = self.before_timed = self._start = 0.0
+        self.setup = self.before_timed = self._start = 0.0
         self.hypergrad: list[float] | None = None
         self.fingerprint: float | None = None
         self._profiler: profile | None = None
@@ -284,7 +284,7 @@ class Recorder(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
         self._sync()
-        self.setup_rss, self.setup = rss_mb(), self._memory()
+        self.setup = self._memory()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
