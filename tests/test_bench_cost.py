@@ -73,9 +73,12 @@ def test_every_case_in_this_process_against_its_references(tmp_path: Path, singl
     assert all(bool(rows[name]["hyper_step_s"]) == (name in learners) for name in rows)
 
 
-def test_quick_form_end_to_end(tmp_path: Path) -> None:
+def test_quick_form_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--form gpu`` without CUDA runs the quick form, a fork per case, in a process that has run OpenMP
-    threads first, as the suite's has (forked cases must not hang)."""
+    threads first, as the suite's has (forked cases must not hang). Its models here: the small CNN at two
+    batch sizes (``make bench-quick`` runs the real ones; WRN-28-2 in bf16 on CPU takes a minute)."""
+    models = {"cnn": ("cifar10", "cnn", 8), "cnn_b4": ("cifar10", "cnn", 4)}
+    monkeypatch.setitem(bench_cost.FORMS, "quick", {**bench_cost.FORMS["quick"], "models": models})
     torch.nn.functional.conv2d(torch.rand(8, 16, 32, 32), torch.rand(16, 16, 3, 3)).sum()
     out = tmp_path / "gpu.json"
     args = ["--device", "cpu", "--form", "gpu", "--out", str(out), "--work-dir", str(tmp_path)]
